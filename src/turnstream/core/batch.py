@@ -1,0 +1,51 @@
+"""Core: the unit of work a door hands the writer: rows of every kind, dead letters, and the
+stream offset the same transaction must advance (no I/O)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from turnstream.core.rows import Row
+
+KINDS = ("execution", "turn", "tool_call", "task")
+
+
+@dataclass(slots=True, frozen=True)
+class StreamAdvance:
+    """Move stream_id from from_offset to to_offset, only if it is still there under epoch."""
+
+    stream_id: str
+    epoch: int
+    from_offset: int
+    to_offset: int
+
+
+@dataclass(slots=True)
+class WriteBatch:
+    """Rows of one request; stored in one transaction, merged by key with what is stored."""
+
+    tenant_id: str
+    rows: dict[str, list[Row]] = field(default_factory=lambda: {k: [] for k in KINDS})
+    # Executions never sent explicitly: first start and last completion of their records.
+    derived_executions: list[Row] = field(default_factory=list)
+    rejected: list[Row] = field(default_factory=list)
+    stream: StreamAdvance | None = None
+
+    def size(self) -> int:
+        return sum(len(r) for r in self.rows.values()) + len(self.rejected)
+
+
+@dataclass(slots=True)
+class KindCounts:
+    """What became of the rows of one kind."""
+
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+
+
+@dataclass(slots=True)
+class BatchOutcome:
+    """The writer's answer for one batch, given after its transaction committed."""
+
+    counts: dict[str, KindCounts] = field(default_factory=lambda: {k: KindCounts() for k in KINDS})

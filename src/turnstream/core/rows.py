@@ -1,0 +1,152 @@
+"""Core: turns validated, enriched turnstream.v1 records into database rows (no I/O).
+
+Rows are plain dicts keyed by column name; None means "absent" and keeps the stored value when
+the writer merges. This is the one place where messages become rows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import Message
+
+from turnstream.v1 import records_pb2
+
+Row = dict[str, Any]
+
+_STATUS_PREFIX = {"TaskStatus": "TASK_STATUS_", "ExecutionStatus": "EXECUTION_STATUS_"}
+
+
+def _clean(text: str) -> str:
+    # PostgreSQL text and jsonb refuse NUL; keep the record rather than fail the transaction.
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+
+
+def _clean_json(value: Any) -> Any:
+    if isinstance(value, str):
+        return _clean(value)
+    if isinstance(value, dict):
+        return {_clean(k): _clean_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean_json(v) for v in value]
+    return value
+
+
+def enum_word(field: FieldDescriptor, number: int) -> str | None:
+    """TASK_STATUS_RUNNING -> "running"; 0 (unspecified) -> None."""
+    if number == 0:
+        return None
+    enum = field.enum_type
+    assert enum is not None
+    value = enum.values_by_number.get(number)
+    if value is None:
+        return None
+    prefix = "".join("_" + c if c.isupper() else c for c in enum.name).lstrip("_").upper() + "_"
+    return value.name.removeprefix(prefix).lower()
+
+
+Getter = Callable[[Any], Any]
+
+
+def _getter(field: FieldDescriptor) -> Getter:
+    name = field.name
+    if field.is_repeated:
+        return lambda m: [_clean(s) for s in getattr(m, name)] or None
+    if field.message_type is not None:
+        if field.message_type.full_name == "google.protobuf.Timestamp":
+            return lambda m: getattr(m, name).ToDatetime(dt.UTC) if m.HasField(name) else None
+        # google.protobuf.Struct
+        return lambda m: (
+            _clean_json(json_format.MessageToDict(getattr(m, name))) if m.HasField(name) else None
+        )
+    if field.enum_type is not None:
+        return lambda m: enum_word(field, getattr(m, name))
+    if field.has_presence:
+        if field.type == FieldDescriptor.TYPE_STRING:
+            return lambda m: _clean(getattr(m, name)) if m.HasField(name) else None
+        return lambda m: getattr(m, name) if m.HasField(name) else None
+    if field.type == FieldDescriptor.TYPE_STRING:
+        # Implicit-presence strings: empty means not sent.
+        return lambda m: _clean(getattr(m, name)) or None
+    return lambda m: getattr(m, name)
+
+
+def _getters(descriptor: Descriptor) -> list[tuple[str, Getter]]:
+    return [(f.name, _getter(f)) for f in descriptor.fields]
+
+
+_TURN = _getters(records_pb2.Turn.DESCRIPTOR)
+_TOOL_CALL = _getters(records_pb2.ToolCall.DESCRIPTOR)
+_TASK = _getters(records_pb2.Task.DESCRIPTOR)
+_EXECUTION = _getters(records_pb2.Execution.DESCRIPTOR)
+
+
+def _row(getters: list[tuple[str, Getter]], msg: Message, tenant_id: str) -> Row:
+    row: Row = {"tenant_id": tenant_id}
+    for name, get in getters:
+        row[name] = get(msg)
+    return row
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
+
+
+def turn_key(turn: records_pb2.Turn) -> str:
+    """The turn's identity inside its execution: turn_id, else its number."""
+    return turn.turn_id or f"#{turn.turn_number}"
+
+
+def tool_call_key(call: records_pb2.ToolCall) -> str:
+    """tool_use_id, else a digest of what identifies an unnamed call."""
+    if call.tool_use_id:
+        return call.tool_use_id
+    return "~" + _digest(call.turn_id, call.tool_name, call.started_at.ToJsonString())
+
+
+def task_key(task: records_pb2.Task) -> str:
+    """task_id, else its number, else a digest of its description."""
+    if task.task_id:
+        return task.task_id
+    if task.HasField("task_number"):
+        return f"#{task.task_number}"
+    return "~" + _digest(task.task_description)
+
+
+def turn_row(tenant_id: str, turn: records_pb2.Turn) -> Row:
+    row = _row(_TURN, turn, tenant_id)
+    row["record_key"] = _clean(turn_key(turn))
+    return row
+
+
+def tool_call_row(tenant_id: str, call: records_pb2.ToolCall) -> Row:
+    row = _row(_TOOL_CALL, call, tenant_id)
+    row["record_key"] = _clean(tool_call_key(call))
+    return row
+
+
+def task_row(tenant_id: str, task: records_pb2.Task) -> Row:
+    row = _row(_TASK, task, tenant_id)
+    row["record_key"] = _clean(task_key(task))
+    return row
+
+
+def execution_row(tenant_id: str, execution: records_pb2.Execution) -> Row:
+    return _row(_EXECUTION, execution, tenant_id)
+
+
+def payload_json(msg: Message) -> dict[str, Any]:
+    """The raw record as JSON for the dead-letter table, field names as in the proto."""
+    return _clean_json(  # type: ignore[no-any-return]
+        json_format.MessageToDict(msg, preserving_proto_field_name=True)
+    )
+
+
+def rejected_id(door: str, kind: str, msg: Message) -> str:
+    """Same door, kind and bytes -> same id, so a retried invalid record is kept once."""
+    return _digest(door, kind, msg.SerializeToString(deterministic=True).hex())

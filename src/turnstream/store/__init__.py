@@ -1,0 +1,1 @@
+"""Storage: SQLAlchemy Core tables, the group-commit writer, migrations and read queries."""

@@ -1,0 +1,340 @@
+"""Storage: the SQL the writer runs, per dialect, over a raw DBAPI connection.
+
+Both dialects merge the same way, in SQL, so that concurrent replicas never lose an update:
+a field present in the new row overwrites, an absent (NULL) one keeps the stored value, a status
+only moves forward, and a row that would not change is not touched (its `revision` stays, and
+RETURNING leaves it out: that is how "unchanged" is told from "updated").
+
+SQLite: multi-row `INSERT … VALUES … ON CONFLICT DO UPDATE … RETURNING`, chunked under its
+parameter limit. PostgreSQL: binary COPY into a temporary staging table, then one
+`INSERT … SELECT … ON CONFLICT DO UPDATE … RETURNING` per table.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+
+from turnstream.core.batch import StreamAdvance
+from turnstream.core.rows import Row
+from turnstream.store import schema
+
+Key = tuple[Any, ...]
+BOOKKEEPING = ("revision", "created_at", "updated_at")
+STATUS_COLUMNS = {"status"}
+
+
+def key_columns(table: sa.Table) -> list[str]:
+    return [c.name for c in table.primary_key.columns]
+
+
+def data_columns(table: sa.Table) -> list[str]:
+    keys = set(key_columns(table))
+    return [c.name for c in table.columns if c.name not in keys and c.name not in BOOKKEEPING]
+
+
+def _rank(expr: str) -> str:
+    return f"(CASE {expr} WHEN 'pending' THEN 1 WHEN 'running' THEN 2 ELSE 3 END)"
+
+
+def _forward_status(new: str, old: str) -> str:
+    # Terminal states (rank 3) are final; otherwise the status may only move forward.
+    return (
+        f"CASE WHEN {new} IS NULL THEN {old} WHEN {old} IS NULL THEN {new} "
+        f"WHEN {_rank(old)} >= 3 THEN {old} "
+        f"WHEN {_rank(new)} >= {_rank(old)} THEN {new} ELSE {old} END"
+    )
+
+
+def merge_rows(table: sa.Table, old: Row, new: Row) -> Row:
+    """The Python twin of the SQL merge, for rows with the same key inside one flush (a single
+    INSERT … ON CONFLICT may not touch a row twice)."""
+    merged = dict(old)
+    for name in data_columns(table):
+        value = new.get(name)
+        if value is None:
+            continue
+        if name in STATUS_COLUMNS and old.get(name) is not None:
+            rank = {"pending": 1, "running": 2}
+            old_rank, new_rank = rank.get(old[name], 3), rank.get(value, 3)
+            if old_rank >= 3 or new_rank < old_rank:
+                continue
+        merged[name] = value
+    return merged
+
+
+class Dialect(Protocol):
+    name: str
+
+    def prepare(self, conn: Any) -> None: ...
+    def begin(self, conn: Any) -> None: ...
+    def upsert(
+        self, conn: Any, table: sa.Table, rows: Sequence[Row], now: dt.datetime
+    ) -> dict[Key, int]: ...
+    def upsert_derived(self, conn: Any, rows: Sequence[Row], now: dt.datetime) -> None: ...
+    def insert_rejected(self, conn: Any, rows: Sequence[Row]) -> None: ...
+
+    def advance(self, conn: Any, tenant_id: str, adv: StreamAdvance, now: dt.datetime) -> bool: ...
+    def open_stream(
+        self, conn: Any, tenant_id: str, stream_id: str, now: dt.datetime
+    ) -> tuple[int, int]: ...
+    def stream_state(self, conn: Any, tenant_id: str, stream_id: str) -> tuple[int, int] | None: ...
+
+
+class _SqlDialect:
+    """SQL text shared by both dialects; `p` is the DBAPI placeholder."""
+
+    name = ""
+    p = "?"
+    distinct = "IS NOT"
+    max_params = 30_000  # under SQLite's 32,766 and PostgreSQL's 65,535 parameters
+
+    def _value(self, value: Any) -> Any:
+        return value
+
+    def _insert_many(
+        self, conn: Any, table: str, cols: list[str], rows: Iterable[Sequence[Any]], tail: str
+    ) -> list[Any]:
+        """Multi-row INSERT … VALUES, chunked under the parameter limit."""
+        rows = list(rows)
+        per = max(1, self.max_params // len(cols))
+        one = "(" + ", ".join([self.p] * len(cols)) + ")"
+        out: list[Any] = []
+        returning = "RETURNING" in tail
+        for i in range(0, len(rows), per):
+            chunk = rows[i : i + per]
+            sql = f"INSERT INTO {table} ({', '.join(cols)}) VALUES " + ", ".join([one] * len(chunk))
+            params = [self._value(v) for r in chunk for v in r]
+            cur = conn.cursor()
+            cur.execute(sql + tail, params)
+            if returning:
+                out += cur.fetchall()
+        return out
+
+    def upsert_derived(self, conn: Any, rows: Sequence[Row], now: dt.datetime) -> None:
+        cols = ["tenant_id", "execution_id", "started_at", "completed_at", *BOOKKEEPING]
+        values = (
+            [r["tenant_id"], r["execution_id"], r["started_at"], r["completed_at"], 1, now, now]
+            for r in rows
+        )
+        self._insert_many(conn, "executions", cols, values, self._derived_tail())
+
+    def insert_rejected(self, conn: Any, rows: Sequence[Row]) -> None:
+        cols = [c.name for c in schema.rejected_records.columns]
+        values = ([r.get(c) for c in cols] for r in rows)
+        self._insert_many(conn, "rejected_records", cols, values, " ON CONFLICT DO NOTHING")
+
+    def _set_and_where(self, table: sa.Table) -> tuple[str, str]:
+        t = table.name
+        sets, changed = [], []
+        for c in data_columns(table):
+            if c in STATUS_COLUMNS:
+                merged = _forward_status(f"excluded.{c}", f"{t}.{c}")
+                sets.append(f"{c} = {merged}")
+                changed.append(f"({merged}) {self.distinct} {t}.{c}")
+            else:
+                sets.append(f"{c} = COALESCE(excluded.{c}, {t}.{c})")
+                changed.append(
+                    f"(excluded.{c} IS NOT NULL AND excluded.{c} {self.distinct} {t}.{c})"
+                )
+        sets += [f"revision = {t}.revision + 1", "updated_at = excluded.updated_at"]
+        return ", ".join(sets), " OR ".join(changed)
+
+    def _upsert_tail(self, table: sa.Table) -> str:
+        sets, where = self._set_and_where(table)
+        keys = key_columns(table)
+        return (
+            f" ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {sets} WHERE {where}"
+            f" RETURNING {', '.join(keys)}, revision"
+        )
+
+    def _derived_tail(self) -> str:
+        t = "executions"
+        first = f"(excluded.started_at < {t}.started_at OR {t}.started_at IS NULL)"
+        last = f"(excluded.completed_at > {t}.completed_at OR {t}.completed_at IS NULL)"
+        return (
+            " ON CONFLICT (tenant_id, execution_id) DO UPDATE SET"
+            f" started_at = CASE WHEN {first} AND excluded.started_at IS NOT NULL"
+            f" THEN excluded.started_at ELSE {t}.started_at END,"
+            f" completed_at = CASE WHEN {last} AND excluded.completed_at IS NOT NULL"
+            f" THEN excluded.completed_at ELSE {t}.completed_at END,"
+            f" revision = {t}.revision + 1, updated_at = excluded.updated_at"
+            f" WHERE ({first} AND excluded.started_at IS NOT NULL)"
+            f" OR ({last} AND excluded.completed_at IS NOT NULL)"
+        )
+
+    def advance(self, conn: Any, tenant_id: str, adv: StreamAdvance, now: dt.datetime) -> bool:
+        p = self.p
+        cur = conn.cursor()
+        cur.execute(
+            f"UPDATE streams SET committed_offset = {p}, updated_at = {p} WHERE tenant_id = {p}"
+            f" AND stream_id = {p} AND epoch = {p} AND committed_offset = {p}",
+            (adv.to_offset, self.time(now), tenant_id, adv.stream_id, adv.epoch, adv.from_offset),
+        )
+        return bool(cur.rowcount == 1)
+
+    def open_stream(
+        self, conn: Any, tenant_id: str, stream_id: str, now: dt.datetime
+    ) -> tuple[int, int]:
+        p = self.p
+        cur = conn.cursor()
+        cur.execute(
+            "INSERT INTO streams (tenant_id, stream_id, committed_offset, epoch, created_at,"
+            f" updated_at) VALUES ({p}, {p}, 0, 1, {p}, {p}) ON CONFLICT (tenant_id, stream_id)"
+            " DO UPDATE SET epoch = streams.epoch + 1, updated_at = excluded.updated_at"
+            " RETURNING epoch, committed_offset",
+            (tenant_id, stream_id, self.time(now), self.time(now)),
+        )
+        epoch, offset = cur.fetchone()
+        return int(epoch), int(offset)
+
+    def stream_state(self, conn: Any, tenant_id: str, stream_id: str) -> tuple[int, int] | None:
+        p = self.p
+        cur = conn.cursor()
+        cur.execute(
+            "SELECT epoch, committed_offset FROM streams"
+            f" WHERE tenant_id = {p} AND stream_id = {p}",
+            (tenant_id, stream_id),
+        )
+        row = cur.fetchone()
+        return None if row is None else (int(row[0]), int(row[1]))
+
+    def time(self, value: dt.datetime) -> Any:
+        return value
+
+
+def _json_text(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+class SqliteDialect(_SqlDialect):
+    name = "sqlite"
+    p = "?"
+    distinct = "IS NOT"
+
+    def prepare(self, conn: Any) -> None:
+        # Autocommit at the driver level: the writer issues BEGIN IMMEDIATE itself, so the write
+        # lock is taken up front and a concurrent writer waits (busy_timeout) instead of failing
+        # half-way through a transaction.
+        conn.isolation_level = None
+
+    def begin(self, conn: Any) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+
+    def time(self, value: dt.datetime) -> Any:
+        return schema.sqlite_time(value)
+
+    def _value(self, value: Any) -> Any:
+        if isinstance(value, dt.datetime):
+            return schema.sqlite_time(value)
+        if isinstance(value, dict | list):
+            return _json_text(value)
+        return value
+
+    def upsert(
+        self, conn: Any, table: sa.Table, rows: Sequence[Row], now: dt.datetime
+    ) -> dict[Key, int]:
+        cols = key_columns(table) + data_columns(table) + list(BOOKKEEPING)
+        values = ([r.get(c) for c in cols[:-3]] + [1, now, now] for r in rows)
+        nkeys = len(key_columns(table))
+        returned = self._insert_many(conn, table.name, cols, values, self._upsert_tail(table))
+        return {tuple(r[:nkeys]): r[nkeys] for r in returned}
+
+
+_PG_TYPES: dict[type[Any], str] = {
+    sa.String: "text",
+    sa.Text: "text",
+    sa.BigInteger: "int8",
+    sa.Integer: "int4",
+    sa.Double: "float8",
+    sa.Boolean: "bool",
+}
+
+
+def _pg_type(column: sa.Column[Any]) -> str:
+    t = column.type
+    if isinstance(t, schema.UTCDateTime):
+        return "timestamptz"
+    if isinstance(t, sa.JSON):
+        return "jsonb"
+    for cls, name in _PG_TYPES.items():
+        if type(t) is cls:
+            return name
+    raise TypeError(f"no COPY type for {column}")
+
+
+class PostgresDialect(_SqlDialect):
+    name = "postgresql"
+    p = "%s"
+    distinct = "IS DISTINCT FROM"
+
+    def prepare(self, conn: Any) -> None:
+        # Staging tables live as long as the connection; ON COMMIT DELETE ROWS empties them at
+        # every commit. Created in a committed transaction of their own so that a rolled-back
+        # flush cannot take them away.
+        with conn.cursor() as cur:
+            for table in (*schema.RECORD_TABLES.values(),):
+                cur.execute(
+                    f"CREATE TEMP TABLE IF NOT EXISTS stage_{table.name} "
+                    f"(LIKE {table.name} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+                )
+        conn.commit()
+
+    def begin(self, conn: Any) -> None:
+        pass  # psycopg opens a transaction at the first statement
+
+    def _copy(
+        self, conn: Any, table: sa.Table, cols: list[str], rows: Iterable[Sequence[Any]]
+    ) -> None:
+        from psycopg.types.json import Jsonb
+
+        types = [_pg_type(table.c[c]) for c in cols]
+        json_at = [i for i, t in enumerate(types) if t == "jsonb"]
+        with (
+            conn.cursor() as cur,
+            cur.copy(
+                f"COPY stage_{table.name} ({', '.join(cols)}) FROM STDIN (FORMAT BINARY)"
+            ) as copy,
+        ):
+            copy.set_types(types)
+            for row in rows:
+                if json_at:
+                    row = list(row)
+                    for i in json_at:
+                        if row[i] is not None:
+                            row[i] = Jsonb(row[i])
+                copy.write_row(row)
+
+    def upsert(
+        self, conn: Any, table: sa.Table, rows: Sequence[Row], now: dt.datetime
+    ) -> dict[Key, int]:
+        cols = key_columns(table) + data_columns(table) + list(BOOKKEEPING)
+        self._copy(conn, table, cols, ([r.get(c) for c in cols[:-3]] + [1, now, now] for r in rows))
+        names = ", ".join(cols)
+        nkeys = len(key_columns(table))
+        with conn.cursor() as cur:
+            cur.execute(
+                f"INSERT INTO {table.name} ({names}) SELECT {names} FROM stage_{table.name}"
+                + self._upsert_tail(table)
+            )
+            returned = cur.fetchall()
+        return {tuple(r[:nkeys]): r[nkeys] for r in returned}
+
+    def _value(self, value: Any) -> Any:
+        from psycopg.types.json import Jsonb
+
+        return Jsonb(value) if isinstance(value, dict | list) else value
+
+
+def for_url(url: sa.URL) -> Dialect:
+    if url.get_backend_name() == "sqlite":
+        return SqliteDialect()
+    if url.get_backend_name() == "postgresql":
+        return PostgresDialect()
+    raise ValueError(
+        f"unsupported database {url.get_backend_name()!r}: use sqlite:/// or postgresql+psycopg://"
+    )

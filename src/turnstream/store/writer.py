@@ -156,7 +156,7 @@ class Writer:
         except TimeoutError:
             log.error(
                 "writer did not drain within %.1fs; %d rows unacked",
-                timeout,
+                grace,
                 self.stats.pending_rows,
             )
             self._task.cancel()

@@ -1,0 +1,165 @@
+"""Entrypoint: the `turnstream` command (serve, migrate, send)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from turnstream import __version__
+from turnstream.config import Settings
+
+DESCRIPTION = """\
+turnstream receives LLM-agent telemetry (turns, tool calls, tasks) over gRPC, validates and
+enriches every record (cost, AEM), and stores it in SQL. An ack means the record is committed;
+retries are never stored twice; invalid records are answered field by field and kept.
+"""
+
+EPILOG = """\
+environment: every flag of `serve` can be set as TURNSTREAM_<NAME> (e.g. TURNSTREAM_DATABASE_URL,
+TURNSTREAM_GRPC_ADDR, TURNSTREAM_HTTP_ADDR); a flag wins over the variable.
+"""
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def _setup_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="turnstream",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"turnstream {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    serve = sub.add_parser(
+        "serve",
+        help="run the server (gRPC + HTTP) until SIGTERM",
+        description="Run the gRPC ingest server and the HTTP listener (/healthz). Applies "
+        "migrations at start. SIGTERM drains: in-flight work is committed and answered.",
+        epilog=EPILOG,
+    )
+    serve.add_argument(
+        "--grpc-addr", metavar="HOST:PORT", help="gRPC listen address [127.0.0.1:50051]"
+    )
+    serve.add_argument(
+        "--http-addr", metavar="HOST:PORT", help="HTTP listen address [127.0.0.1:8080]"
+    )
+    _db_flag(serve)
+    serve.add_argument(
+        "--prices-file",
+        type=Path,
+        metavar="FILE",
+        help="JSON price table adding or overriding models",
+    )
+    serve.add_argument(
+        "--shutdown-grace", type=float, metavar="SECONDS", help="drain deadline on SIGTERM [10]"
+    )
+    serve.add_argument(
+        "--no-migrate",
+        dest="auto_migrate",
+        action="store_const",
+        const=False,
+        help="do not apply migrations at start",
+    )
+    serve.add_argument("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING, ERROR [INFO]")
+    serve.add_argument("--log-format", choices=["text", "json"], help="log line format [text]")
+
+    migrate = sub.add_parser(
+        "migrate",
+        help="create or upgrade the database schema",
+        description="Apply every pending migration to the database (idempotent).",
+        epilog=EPILOG,
+    )
+    _db_flag(migrate)
+
+    send = sub.add_parser(
+        "send",
+        help="send JSON files in Kubiya's batch format to a server",
+        description="Send files of Kubiya analytics batches ({execution_id, turns, tool_calls, "
+        "tasks}: one object, an array, or JSON Lines) through IngestService.Write, with a "
+        "progress bar and a summary of what was stored and rejected. Exits 1 when anything "
+        "was rejected or failed.",
+    )
+    send.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    send.add_argument(
+        "--target",
+        default="127.0.0.1:50051",
+        metavar="HOST:PORT",
+        help="server address [127.0.0.1:50051]",
+    )
+    send.add_argument(
+        "--timeout", type=float, default=30.0, metavar="SECONDS", help="per-request deadline [30]"
+    )
+    return parser
+
+
+def _db_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--database-url",
+        metavar="URL",
+        help="sqlite:///path.db or postgresql+psycopg://user:pass@host/db [sqlite:///./turnstream.db]",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    options = {k: v for k, v in vars(args).items() if k != "command"}
+    try:
+        if args.command == "serve":
+            settings = Settings.from_env(**options)
+            _setup_logging(settings.log_level, settings.log_format)
+            from turnstream.server import serve
+
+            asyncio.run(serve(settings))
+            return 0
+        if args.command == "migrate":
+            settings = Settings.from_env(**options)
+            _setup_logging(settings.log_level, settings.log_format)
+            from turnstream.store.engine import create_engine, migrate
+
+            engine = create_engine(settings.database_url)
+            migrate(engine)
+            print(f"database {engine.url.render_as_string(hide_password=True)} is up to date")
+            return 0
+        if args.command == "send":
+            _setup_logging("WARNING", "text")
+            from turnstream.send import send_files
+
+            summary = asyncio.run(send_files(args.files, args.target, timeout=args.timeout))
+            return 1 if (summary.rejected or summary.failed_files) else 0
+    except (ValueError, OSError) as exc:
+        print(f"turnstream: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

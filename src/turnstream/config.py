@@ -1,0 +1,75 @@
+"""Configuration: one frozen Settings, built once from flags and TURNSTREAM_* variables and
+passed explicitly; nothing else reads the environment."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "TURNSTREAM_"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    grpc_addr: str = "127.0.0.1:50051"
+    http_addr: str = "127.0.0.1:8080"
+    database_url: str = "sqlite:///./turnstream.db"
+    # A JSON price file that adds or overrides models of the built-in table.
+    prices_file: Path | None = None
+    # Apply migrations at start; `turnstream migrate` does it explicitly.
+    auto_migrate: bool = True
+    # Seconds a SIGTERM waits for in-flight work to commit and be answered.
+    shutdown_grace: float = 10.0
+    # Streams: heartbeat on idle streams (below Envoy's 5-minute stream idle timeout).
+    heartbeat_interval: float = 30.0
+    max_batch_records: int = 1_000
+    max_batch_bytes: int = 4 * 1024 * 1024
+    max_inflight_batches: int = 16
+    # Writer: most rows in one transaction, and most rows queued before callers wait.
+    max_flush_rows: int = 5_000
+    max_pending_rows: int = 50_000
+    log_level: str = "INFO"
+    log_format: str = "text"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Defaults, then TURNSTREAM_<FIELD> variables, then explicit overrides (flags)."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is not None and raw != "":
+                values[f.name] = _parse(f.name, raw, f.default)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+def _parse(name: str, raw: str, default: Any) -> Any:
+    try:
+        if isinstance(default, bool):
+            if raw.lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                raise ValueError(raw)
+            return raw.lower() in ("1", "true", "yes", "on")
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        if name.endswith("_file"):
+            return Path(raw)
+        return raw
+    except ValueError:
+        raise ValueError(
+            f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {type(default).__name__}"
+        ) from None
+
+
+def split_addr(addr: str) -> tuple[str, int]:
+    """ "127.0.0.1:50051" -> ("127.0.0.1", 50051); "[::1]:50051" -> ("::1", 50051)."""
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ValueError(f"address {addr!r} must be HOST:PORT, e.g. 127.0.0.1:50051")
+    return host.strip("[]"), int(port)

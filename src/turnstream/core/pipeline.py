@@ -1,0 +1,220 @@
+"""Core: validate -> enrich -> rows for every record of a request; the one path every door
+calls (no I/O). Invalid records become rejections and dead-letter rows, never exceptions."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.protobuf.message import Message
+from google.rpc.error_details_pb2 import BadRequest
+from turnstream.core.pricing import PriceTable
+
+from turnstream.core import enrich, rows, validate
+from turnstream.core.batch import StreamAdvance, WriteBatch
+from turnstream.v1 import ingest_pb2, records_pb2
+
+FieldViolation = BadRequest.FieldViolation
+
+
+@dataclass(frozen=True, slots=True)
+class _Kind:
+    name: str
+    enum: int
+    validate: Callable[[Any, str, dt.datetime], list[FieldViolation]]
+    row: Callable[[str, Any], rows.Row]
+
+
+KINDS: dict[str, _Kind] = {
+    "turn": _Kind("turn", records_pb2.RECORD_KIND_TURN, validate.validate_turn, rows.turn_row),
+    "tool_call": _Kind(
+        "tool_call",
+        records_pb2.RECORD_KIND_TOOL_CALL,
+        validate.validate_tool_call,
+        rows.tool_call_row,
+    ),
+    "task": _Kind("task", records_pb2.RECORD_KIND_TASK, validate.validate_task, rows.task_row),
+    "execution": _Kind(
+        "execution",
+        records_pb2.RECORD_KIND_EXECUTION,
+        validate.validate_execution,
+        rows.execution_row,
+    ),
+}
+
+
+@dataclass(slots=True)
+class Item:
+    """One record of a request, where it stood, and what it became."""
+
+    kind: str
+    message: Any
+    path: str
+    index: int
+    offset: int | None = None
+
+
+@dataclass(slots=True)
+class Prepared:
+    """A request after the core: the writer's batch, the answers for invalid records, and the
+    enriched valid records (Create* answers them back)."""
+
+    batch: WriteBatch
+    rejections: list[ingest_pb2.RecordRejection] = field(default_factory=list)
+    accepted: list[Item] = field(default_factory=list)
+    unpriced: int = 0
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Pipeline:
+    def __init__(self, prices: PriceTable, clock: Callable[[], dt.datetime] = _now) -> None:
+        self.prices = prices
+        self.clock = clock
+
+    def prepare(
+        self,
+        tenant_id: str,
+        door: str,
+        items: Iterable[Item],
+        *,
+        stream: StreamAdvance | None = None,
+    ) -> Prepared:
+        now = self.clock()
+        prepared = Prepared(WriteBatch(tenant_id, stream=stream))
+        spans: dict[str, list[dt.datetime | None]] = {}
+        for item in items:
+            kind = KINDS[item.kind]
+            violations = kind.validate(item.message, item.path, now)
+            if violations:
+                self._reject(prepared, tenant_id, door, item, violations, now)
+                continue
+            if item.kind == "turn":
+                if not enrich.enrich_turn(item.message, self.prices):
+                    prepared.unpriced += 1
+            elif item.kind == "tool_call":
+                enrich.enrich_tool_call(item.message)
+            elif item.kind == "task":
+                enrich.enrich_task(item.message)
+            else:
+                enrich.enrich_execution(item.message)
+            row = kind.row(tenant_id, item.message)
+            prepared.batch.rows[item.kind].append(row)
+            prepared.accepted.append(item)
+            if item.kind != "execution":
+                _widen(spans, row)
+        prepared.batch.derived_executions = [
+            {"tenant_id": tenant_id, "execution_id": eid, "started_at": s, "completed_at": c}
+            for eid, (s, c) in spans.items()
+        ]
+        return prepared
+
+    def _reject(
+        self,
+        prepared: Prepared,
+        tenant_id: str,
+        door: str,
+        item: Item,
+        violations: Sequence[FieldViolation],
+        now: dt.datetime,
+    ) -> None:
+        kind = KINDS[item.kind]
+        prepared.rejections.append(
+            ingest_pb2.RecordRejection(kind=kind.enum, index=item.index, violations=violations)  # type: ignore[arg-type]
+        )
+        batch = prepared.batch
+        prepared.batch.rejected.append(
+            {
+                "tenant_id": tenant_id,
+                "rejected_id": rows.rejected_id(door, item.kind, item.message),
+                "door": door,
+                "kind": item.kind,
+                "execution_id": (item.message.execution_id or None),
+                "stream_id": batch.stream.stream_id if batch.stream else None,
+                "stream_offset": item.offset,
+                "payload": rows.payload_json(item.message),
+                "violations": [
+                    {"field": v.field, "description": v.description, "reason": v.reason}
+                    for v in violations
+                ],
+                "received_at": now,
+            }
+        )
+
+    def prepare_write(
+        self, request: ingest_pb2.WriteRequest, tenant_id: str, door: str
+    ) -> Prepared:
+        """A unary batch: the request's execution_id fills records that left theirs empty."""
+        return self.prepare(tenant_id, door, write_items(request))
+
+    def prepare_append(
+        self,
+        records: Sequence[ingest_pb2.Record],
+        tenant_id: str,
+        door: str,
+        stream: StreamAdvance,
+    ) -> tuple[Prepared, list[ingest_pb2.RecordRejection]]:
+        """A stream batch: index = position in the batch, offset = stream.from_offset + index.
+        Empty records (no kind set) are answered here, as they have no kind to validate."""
+        items, empty = [], []
+        for i, record in enumerate(records):
+            which = record.WhichOneof("kind")
+            if which is None:
+                empty.append(
+                    ingest_pb2.RecordRejection(
+                        index=i,
+                        violations=[
+                            FieldViolation(
+                                field=f"records[{i}]",
+                                description="record is empty: set one of turn, tool_call, "
+                                "task, execution",
+                                reason="REQUIRED",
+                            )
+                        ],
+                    )
+                )
+                continue
+            items.append(
+                Item(
+                    which,
+                    getattr(record, which),
+                    f"records[{i}].{which}",
+                    i,
+                    stream.from_offset + i,
+                )
+            )
+        return self.prepare(tenant_id, door, items, stream=stream), empty
+
+
+def write_items(request: ingest_pb2.WriteRequest) -> list[Item]:
+    default = request.execution_id
+    items: list[Item] = []
+    if request.HasField("execution"):
+        if default and not request.execution.execution_id:
+            request.execution.execution_id = default
+        items.append(Item("execution", request.execution, "execution", 0))
+    lists: tuple[tuple[str, str, Sequence[Message]], ...] = (
+        ("turn", "turns", request.turns),
+        ("tool_call", "tool_calls", request.tool_calls),
+        ("task", "tasks", request.tasks),
+    )
+    for kind, name, messages in lists:
+        for i, msg in enumerate(messages):
+            if default and not msg.execution_id:  # type: ignore[attr-defined]
+                msg.execution_id = default  # type: ignore[attr-defined]
+            items.append(Item(kind, msg, f"{name}[{i}]", i))
+    return items
+
+
+def _widen(spans: dict[str, list[dt.datetime | None]], row: rows.Row) -> None:
+    """Track first start and last completion per execution, for derived execution rows."""
+    span = spans.setdefault(row["execution_id"], [None, None])
+    started, completed = row.get("started_at"), row.get("completed_at")
+    if started is not None and (span[0] is None or started < span[0]):
+        span[0] = started
+    if completed is not None and (span[1] is None or completed > span[1]):
+        span[1] = completed

@@ -1,0 +1,145 @@
+"""Door: the gRPC IngestService unary methods (Write, Create*). Translation only: the pipeline
+validates and enriches, the writer stores; this module maps results and errors to gRPC."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+import grpc
+from google.rpc import status_pb2
+from grpc_status import rpc_status
+
+from turnstream import errors
+from turnstream.core.batch import BatchOutcome, KindCounts
+from turnstream.core.pipeline import Item, Pipeline, Prepared
+from turnstream.store.writer import StoreUnavailable, Writer
+from turnstream.v1 import ingest_pb2, ingest_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+TenantOf = Callable[[grpc.aio.ServicerContext[Any, Any]], str]
+
+
+def default_tenant(_context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    # Until auth lands every record belongs to tenant "default".
+    return "default"
+
+
+async def abort(context: grpc.aio.ServicerContext[Any, Any], status: status_pb2.Status) -> NoReturn:
+    await context.abort_with_status(rpc_status.to_status(status))
+    raise AssertionError("unreachable")  # abort_with_status always raises
+
+
+async def store(
+    writer: Writer, prepared: Prepared, context: grpc.aio.ServicerContext[Any, Any]
+) -> BatchOutcome:
+    """Hand the batch to the writer; database trouble becomes UNAVAILABLE + RetryInfo."""
+    try:
+        return await writer.submit(prepared.batch)
+    except StoreUnavailable as exc:
+        await abort(context, errors.unavailable(str(exc), exc.retry_after))
+    except Exception:
+        log.exception("storing a batch failed")
+        await abort(context, errors.internal())
+
+
+def _counts(k: KindCounts, rejected: int) -> ingest_pb2.RecordCounts:
+    return ingest_pb2.RecordCounts(
+        created=k.created, updated=k.updated, unchanged=k.unchanged, rejected=rejected
+    )
+
+
+def write_response(prepared: Prepared, outcome: BatchOutcome) -> ingest_pb2.WriteResponse:
+    from turnstream.core.pipeline import KINDS
+
+    rejected = {kind: 0 for kind in KINDS}
+    enum_to_kind = {k.enum: name for name, k in KINDS.items()}
+    for r in prepared.rejections:
+        rejected[enum_to_kind[r.kind]] += 1
+    per = {kind: _counts(outcome.counts[kind], rejected[kind]) for kind in KINDS}
+    total = ingest_pb2.RecordCounts(
+        created=sum(c.created for c in per.values()),
+        updated=sum(c.updated for c in per.values()),
+        unchanged=sum(c.unchanged for c in per.values()),
+        rejected=sum(c.rejected for c in per.values()),
+    )
+    ids = {item.message.execution_id for item in prepared.accepted}
+    return ingest_pb2.WriteResponse(
+        counts=ingest_pb2.WriteCounts(
+            total=total,
+            turns=per["turn"],
+            tool_calls=per["tool_call"],
+            tasks=per["task"],
+            executions=per["execution"],
+        ),
+        rejections=prepared.rejections,
+        execution_id=ids.pop() if len(ids) == 1 else "",
+    )
+
+
+class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
+    """Write and Create*; Append and GetStream come from the streaming door (set `streaming`)."""
+
+    def __init__(self, pipeline: Pipeline, writer: Writer, tenant_of: TenantOf = default_tenant):
+        self.pipeline = pipeline
+        self.writer = writer
+        self.tenant_of = tenant_of
+        # The Append/GetStream door (turnstream.doors.grpc_stream.StreamDoor); set by the server.
+        self.streaming: Any = None
+
+    async def Write(
+        self, request: ingest_pb2.WriteRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> ingest_pb2.WriteResponse:
+        prepared = self.pipeline.prepare_write(request, self.tenant_of(context), "grpc.Write")
+        outcome = await store(self.writer, prepared, context)
+        return write_response(prepared, outcome)
+
+    async def _create(
+        self, kind: str, record: Any, context: grpc.aio.ServicerContext[Any, Any], door: str
+    ) -> Any:
+        prepared = self.pipeline.prepare(
+            self.tenant_of(context), door, [Item(kind, record, kind, 0)]
+        )
+        # The dead letter is stored before the client hears INVALID_ARGUMENT: nothing is lost.
+        await store(self.writer, prepared, context)
+        if prepared.rejections:
+            await abort(context, errors.invalid_record(kind, prepared.rejections[0].violations))
+        return record
+
+    async def CreateTurn(
+        self, request: ingest_pb2.CreateTurnRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> ingest_pb2.CreateTurnResponse:
+        turn = await self._create("turn", request.turn, context, "grpc.CreateTurn")
+        return ingest_pb2.CreateTurnResponse(turn=turn)
+
+    async def CreateToolCall(
+        self,
+        request: ingest_pb2.CreateToolCallRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> ingest_pb2.CreateToolCallResponse:
+        call = await self._create("tool_call", request.tool_call, context, "grpc.CreateToolCall")
+        return ingest_pb2.CreateToolCallResponse(tool_call=call)
+
+    async def CreateTask(
+        self, request: ingest_pb2.CreateTaskRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> ingest_pb2.CreateTaskResponse:
+        task = await self._create("task", request.task, context, "grpc.CreateTask")
+        return ingest_pb2.CreateTaskResponse(task=task)
+
+    async def Append(  # noqa: N802
+        self, request_iterator: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
+        # Coroutine style (context.read / context.write): reading and answering run as separate
+        # tasks in the streaming door, which an async generator could not do.
+        if self.streaming is None:
+            await abort(context, errors.status(12, "streaming is not available", "UNIMPLEMENTED"))
+        await self.streaming.append(context, self.tenant_of(context))
+
+    async def GetStream(
+        self, request: ingest_pb2.GetStreamRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> ingest_pb2.GetStreamResponse:
+        if self.streaming is None:
+            await abort(context, errors.status(12, "streaming is not available", "UNIMPLEMENTED"))
+        return await self.streaming.get_stream(request, context, self.tenant_of(context))  # type: ignore[no-any-return]

@@ -1,0 +1,76 @@
+"""Errors as clients see them: every failure a door reports is built here once, as a
+google.rpc.Status with one ErrorInfo (reason, domain) plus BadRequest or RetryInfo details.
+The gRPC doors send it with abort_with_status; the REST gateway maps the same Status to HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+DOMAIN = "turnstream.dev"
+
+FieldViolation = error_details_pb2.BadRequest.FieldViolation
+
+
+def _pack(*details: object) -> list[any_pb2.Any]:
+    out = []
+    for detail in details:
+        packed = any_pb2.Any()
+        packed.Pack(detail)  # type: ignore[arg-type]
+        out.append(packed)
+    return out
+
+
+def status(
+    code: int,
+    message: str,
+    reason: str,
+    *,
+    metadata: Mapping[str, str] | None = None,
+    violations: Iterable[FieldViolation] = (),
+    retry_after: float | None = None,
+) -> status_pb2.Status:
+    info = error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata or {})
+    details: list[object] = [info]
+    violations = list(violations)
+    if violations:
+        details.append(error_details_pb2.BadRequest(field_violations=violations))
+    if retry_after is not None:
+        delay = duration_pb2.Duration()
+        delay.FromMilliseconds(int(retry_after * 1000))
+        details.append(error_details_pb2.RetryInfo(retry_delay=delay))
+    return status_pb2.Status(code=code, message=message, details=_pack(*details))
+
+
+def invalid_record(kind: str, violations: Iterable[FieldViolation]) -> status_pb2.Status:
+    violations = list(violations)
+    first = violations[0].description if violations else "invalid"
+    more = f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""
+    return status(
+        code_pb2.INVALID_ARGUMENT,
+        f"the {kind.replace('_', ' ')} is invalid: {first}{more}; it was kept as a dead letter",
+        "INVALID_RECORD",
+        metadata={"kind": kind},
+        violations=violations,
+    )
+
+
+def invalid_request(
+    field: str, description: str, reason: str = "INVALID_REQUEST"
+) -> status_pb2.Status:
+    return status(
+        code_pb2.INVALID_ARGUMENT,
+        description,
+        reason,
+        violations=[FieldViolation(field=field, description=description, reason=reason)],
+    )
+
+
+def unavailable(message: str, retry_after: float) -> status_pb2.Status:
+    return status(code_pb2.UNAVAILABLE, message, "STORE_UNAVAILABLE", retry_after=retry_after)
+
+
+def internal(message: str = "internal error; nothing was stored, retry later") -> status_pb2.Status:
+    return status(code_pb2.INTERNAL, message, "INTERNAL", retry_after=5.0)

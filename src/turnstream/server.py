@@ -1,0 +1,177 @@
+"""Entrypoint: composes the doors, the core and the writer into one process, with health,
+reflection and an HTTP listener; shuts down by draining, never by cancelling queued work."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from typing import Any
+
+import grpc
+import sqlalchemy as sa
+import uvicorn
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from turnstream.config import Settings, split_addr
+from turnstream.core.pipeline import Pipeline
+from turnstream.core.pricing import PriceTable
+from turnstream.doors.grpc_ingest import IngestServicer
+from turnstream.store.engine import create_engine, migrate
+from turnstream.store.writer import Writer
+from turnstream.v1 import ingest_pb2, ingest_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE = ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name
+
+# Keepalive and connection age that suit meshes: pings keep NAT/LB state alive, a max age lets
+# a load balancer rebalance long-lived clients (streams resume on any replica).
+GRPC_OPTIONS = [
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+    ("grpc.so_reuseport", 0),
+]
+
+
+class Server:
+    """One turnstream process. `start()` binds both listeners; `stop()` drains."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.engine: sa.Engine | None = None
+        self.writer: Writer | None = None
+        self.grpc_port = 0
+        self.http_port = 0
+        self.health = health.aio.HealthServicer()
+        self._grpc: grpc.aio.Server | None = None
+        self._http: uvicorn.Server | None = None
+        self._http_task: asyncio.Task[None] | None = None
+        self._streaming: Any = None
+        self._serving = False
+
+    async def start(self) -> None:
+        s = self.settings
+        prices = PriceTable.load(s.prices_file)
+        self.engine = create_engine(s.database_url)
+        if s.auto_migrate:
+            await asyncio.to_thread(migrate, self.engine)
+        self.writer = Writer(
+            self.engine, max_flush_rows=s.max_flush_rows, max_pending_rows=s.max_pending_rows
+        )
+        await self.writer.start()
+        pipeline = Pipeline(prices)
+        servicer = IngestServicer(pipeline, self.writer)
+        self._streaming = _streaming_door(pipeline, self.writer, s)
+        if self._streaming is not None:
+            servicer.streaming = self._streaming
+
+        self._grpc = grpc.aio.server(options=GRPC_OPTIONS)
+        ingest_pb2_grpc.add_IngestServiceServicer_to_server(servicer, self._grpc)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
+        reflection.enable_server_reflection(
+            [
+                SERVICE,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
+            self._grpc,
+        )
+        host, port = split_addr(s.grpc_addr)
+        self.grpc_port = self._grpc.add_insecure_port(
+            f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        )
+        if self.grpc_port == 0:
+            raise OSError(f"cannot listen on {s.grpc_addr} (gRPC): address in use or not local")
+        await self._grpc.start()
+        await self._start_http()
+        for name in ("", SERVICE):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._serving = True
+        log.info(
+            "turnstream serving gRPC on %s:%d, HTTP on %s:%d, database %s",
+            host,
+            self.grpc_port,
+            split_addr(s.http_addr)[0],
+            self.http_port,
+            self.engine.url.render_as_string(hide_password=True),
+        )
+
+    async def _start_http(self) -> None:
+        host, port = split_addr(self.settings.http_addr)
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            sock.close()
+            raise OSError(
+                f"cannot listen on {self.settings.http_addr} (HTTP): {exc.strerror}"
+            ) from exc
+        self.http_port = sock.getsockname()[1]
+        app = Starlette(routes=[Route("/healthz", self._healthz)])
+        config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
+        self._http = uvicorn.Server(config)
+        self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]))
+
+    async def _healthz(self, _request: Request) -> JSONResponse:
+        if self._serving:
+            return JSONResponse({"status": "serving"})
+        return JSONResponse({"status": "draining"}, status_code=503)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Report NOT_SERVING, let streams answer what they read, let unary calls finish,
+        commit everything queued, then close. Nothing acked is lost; nothing read is dropped."""
+        grace = self.settings.shutdown_grace if grace is None else grace
+        self._serving = False
+        await self.health.enter_graceful_shutdown()
+        if self._streaming is not None:
+            with contextlib.suppress(Exception):
+                await self._streaming.drain(grace)
+        if self._grpc is not None:
+            await self._grpc.stop(grace)
+        if self.writer is not None:
+            await self.writer.close(grace)
+        if self._http is not None and self._http_task is not None:
+            self._http.should_exit = True
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._http_task, 5)
+        if self.engine is not None:
+            self.engine.dispose()
+
+    async def wait(self) -> None:
+        if self._grpc is not None:
+            await self._grpc.wait_for_termination()
+
+
+def _streaming_door(pipeline: Pipeline, writer: Writer, settings: Settings) -> Any:
+    """The Append door, when this build has it (it lands with the streaming issue)."""
+    try:
+        from turnstream.doors.grpc_stream import StreamDoor
+    except ImportError:
+        return None
+    return StreamDoor(pipeline, writer, settings)
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then drain within settings.shutdown_grace."""
+    server = Server(settings)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down: draining for up to %.1fs", settings.shutdown_grace)
+    await server.stop()
+    log.info("stopped")

@@ -1,0 +1,76 @@
+# turnstream developer tasks. `make` (or `make help`) lists them.
+# Everything runs from the project venv, which `make venv` creates from pyproject.toml.
+
+VENV ?= .venv
+PYTHON ?= python3
+PY = $(VENV)/bin/python
+BIN = $(VENV)/bin
+STAMP = $(VENV)/.installed
+GEN_DIR = src/turnstream/v1
+
+PYTEST_ARGS ?=
+BENCH_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help venv run migrate test gen gen-check lint fmt types check bench clean distclean
+
+help: ## List the targets
+	@echo "usage: make <target>   (the venv is $(VENV); VENV=... to use another)"
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+venv: $(STAMP) ## Create the venv and install turnstream[dev] (again when pyproject.toml changes)
+
+# The stamp is written only after pip succeeds, so a failed install is retried next time.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q -e '.[dev]'
+	touch $@
+
+run: venv ## Run the service on SQLite (./turnstream.db): gRPC :50051, HTTP :8080
+	$(BIN)/turnstream serve
+
+migrate: venv ## Apply database migrations (TURNSTREAM_DATABASE_URL, default SQLite)
+	$(BIN)/turnstream migrate
+
+test: venv ## Run the tests on SQLite and a throwaway PostgreSQL (PYTEST_ARGS=..., TURNSTREAM_TEST_DB=sqlite|postgresql|all)
+	scripts/ensure-postgres.sh
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+# protoc finds its plugins (protoc-gen-mypy, protoc-gen-mypy_grpc) on PATH: put the venv's first.
+gen: venv ## Regenerate src/turnstream/v1 from protos/
+	PATH="$(abspath $(BIN)):$$PATH" PYTHON=$(PY) scripts/gen.sh
+
+gen-check: gen ## Fail when the committed generated code differs from what protos/ generate
+	@git diff --exit-code --stat -- $(GEN_DIR) || \
+		{ echo "error: $(GEN_DIR) is stale: run 'make gen' and commit the result" >&2; exit 1; }
+	@untracked=$$(git ls-files --others --exclude-standard -- $(GEN_DIR)); \
+	if [ -n "$$untracked" ]; then \
+		echo "error: untracked generated files (run 'make gen', then commit them):" >&2; \
+		echo "$$untracked" >&2; exit 1; \
+	fi
+
+lint: venv ## ruff check, ruff format --check, buf lint, buf format
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/buf lint
+	$(BIN)/buf format --exit-code -d
+
+fmt: venv ## Format and auto-fix Python and protos
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+	$(BIN)/buf format -w
+
+types: venv ## mypy --strict over src/ (configured in pyproject.toml)
+	$(BIN)/mypy
+
+check: lint types gen-check test ## Everything CI runs: lint, types, gen-check, test
+
+bench: venv ## Run the benchmarks in bench/ (BENCH_ARGS=...)
+	$(PY) -m bench.run $(BENCH_ARGS)
+
+clean: ## Remove caches and build output (keeps the venv)
+	rm -rf build dist .pytest_cache .mypy_cache .ruff_cache src/*.egg-info
+	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -exec rm -rf {} +
+
+distclean: clean ## clean, and remove the venv too
+	rm -rf $(VENV)

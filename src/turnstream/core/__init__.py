@@ -1,0 +1,1 @@
+"""Core: the pure steps between the doors and the writer (validate, enrich, price, rows; no I/O)."""

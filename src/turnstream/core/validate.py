@@ -1,0 +1,282 @@
+"""Core, step 1 of validate -> enrich -> rows: every rule a record must satisfy (no I/O).
+
+Each function returns *every* violation of its record at once (a worker fixes its payload in one
+round trip, and the dead-letter row shows everything wrong), never raises, never stops early.
+The rules are tables keyed by field name plus checks driven by the message descriptor, so the four
+record kinds share one walk and a field added to the contract is covered by the generic checks
+(numbers, timestamps, Structs, enums) without touching this module.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import re
+from collections.abc import Container, Iterable
+from typing import TypeAlias
+
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc.error_details_pb2 import BadRequest
+
+from turnstream.v1 import records_pb2
+
+# google.rpc ships no typing marker, so mypy sees Any here; the alias still documents intent.
+FieldViolation: TypeAlias = BadRequest.FieldViolation
+
+# Limits, in characters (str length) unless named bytes. Ids and names are keys and group-by
+# columns: 256 is far beyond any real id or model name and keeps indexes small. Free text is
+# bounded so one record cannot bloat a transaction; response_preview and tool_output are not
+# limited here because enrich truncates them, as Kubiya does, instead of rejecting the record.
+MAX_ID_LENGTH = 256
+MAX_NAME_LENGTH = 256
+MAX_ERROR_MESSAGE_LENGTH = 10_000
+MAX_TEXT_LENGTH = 100_000
+MAX_TOOL_NAMES = 1_000
+MAX_TOOL_NAME_LENGTH = 256
+MAX_STRUCT_BYTES = 64 * 1024
+
+# Timestamps before this are a unit mistake (seconds sent as milliseconds / 1000, or zero).
+EARLIEST_TIME = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+# Workers' clocks drift; a day of skew is tolerated, anything later is a wrong clock or unit.
+CLOCK_SKEW = dt.timedelta(days=1)
+
+ID_FIELDS = ("execution_id", "turn_id", "tool_use_id", "task_id", "parent_id")
+NAME_FIELDS = (
+    "model",
+    "model_provider",
+    "tool_name",
+    "finish_reason",
+    "task_type",
+    "error_type",
+    "workflow_name",
+    "source",
+)
+STRING_LIMITS: dict[str, int] = {
+    **dict.fromkeys(ID_FIELDS, MAX_ID_LENGTH),
+    **dict.fromkeys(NAME_FIELDS, MAX_NAME_LENGTH),
+    "error_message": MAX_ERROR_MESSAGE_LENGTH,
+    "task_description": MAX_TEXT_LENGTH,
+    "result": MAX_TEXT_LENGTH,
+}
+
+# Required fields per record kind (Kubiya's required fields). Fields with presence (optional
+# scalars, messages) must be set; strings must hold more than whitespace.
+REQUIRED: dict[str, tuple[str, ...]] = {
+    "Turn": ("execution_id", "turn_number", "model", "started_at"),
+    "ToolCall": ("execution_id", "tool_name", "started_at"),
+    "Task": ("execution_id", "task_description"),
+    "Execution": ("execution_id",),
+}
+
+# DEL is a control character too; ids end up in logs, URLs and keys where none belongs.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_NUMBER_TYPES = frozenset(
+    {
+        FieldDescriptor.CPPTYPE_INT32,
+        FieldDescriptor.CPPTYPE_INT64,
+        FieldDescriptor.CPPTYPE_UINT32,
+        FieldDescriptor.CPPTYPE_UINT64,
+        FieldDescriptor.CPPTYPE_DOUBLE,
+        FieldDescriptor.CPPTYPE_FLOAT,
+    }
+)
+_TIMESTAMP = Timestamp.DESCRIPTOR.full_name
+_STRUCT = "google.protobuf.Struct"
+_MAX_NANOS = 999_999_999
+
+
+def validate_turn(turn: records_pb2.Turn, path: str, now: dt.datetime) -> list[FieldViolation]:
+    """Violations of one Turn; `path` prefixes every field, e.g. "turns[3]"."""
+    return _validate(turn, path, now)
+
+
+def validate_tool_call(
+    call: records_pb2.ToolCall, path: str, now: dt.datetime
+) -> list[FieldViolation]:
+    """Violations of one ToolCall; `path` prefixes every field, e.g. "tool_calls[0]"."""
+    return _validate(call, path, now)
+
+
+def validate_task(task: records_pb2.Task, path: str, now: dt.datetime) -> list[FieldViolation]:
+    """Violations of one Task; `path` prefixes every field, e.g. "tasks[0]"."""
+    return _validate(task, path, now)
+
+
+def validate_execution(
+    execution: records_pb2.Execution, path: str, now: dt.datetime
+) -> list[FieldViolation]:
+    """Violations of one Execution; `path` prefixes every field, e.g. "execution"."""
+    return _validate(execution, path, now)
+
+
+class _Report:
+    """Collects violations with the record's path prefix."""
+
+    def __init__(self, path: str) -> None:
+        self.prefix = f"{path}." if path else ""
+        self.violations: list[FieldViolation] = []
+
+    def add(self, field: str, reason: str, description: str) -> None:
+        self.violations.append(
+            FieldViolation(field=self.prefix + field, reason=reason, description=description)
+        )
+
+
+def _validate(message: Message, path: str, now: dt.datetime) -> list[FieldViolation]:
+    descriptor = message.DESCRIPTOR
+    report = _Report(path)
+    missing = _check_required(message, REQUIRED[descriptor.name], report)
+    latest = _as_utc(now) + CLOCK_SKEW
+    for field in descriptor.fields:
+        name = field.name
+        if name in missing:
+            continue  # "is required" says it all; "  \t" is not also a control-character error
+        if field.is_repeated:
+            _check_repeated(message, name, report)
+        elif field.has_presence and not message.HasField(name):
+            continue
+        elif field.cpp_type in _NUMBER_TYPES:
+            _check_number(name, getattr(message, name), report)
+        elif field.cpp_type == FieldDescriptor.CPPTYPE_STRING:
+            _check_string(name, getattr(message, name), report)
+        elif field.cpp_type == FieldDescriptor.CPPTYPE_ENUM:
+            enum = field.enum_type
+            if enum is not None:
+                _check_enum(name, enum.name, enum.values_by_number, getattr(message, name), report)
+        elif field.message_type is not None and field.message_type.full_name == _TIMESTAMP:
+            _check_time(name, getattr(message, name), latest, report)
+        elif field.message_type is not None and field.message_type.full_name == _STRUCT:
+            _check_struct(name, getattr(message, name), report)
+    _check_order(message, report)
+    return report.violations
+
+
+def _check_required(message: Message, names: Iterable[str], report: _Report) -> set[str]:
+    fields = message.DESCRIPTOR.fields_by_name
+    missing: set[str] = set()
+    for name in names:
+        if fields[name].has_presence:
+            absent = not message.HasField(name)
+        else:
+            absent = not str(getattr(message, name)).strip()
+        if absent:
+            missing.add(name)
+            report.add(name, "REQUIRED", f"{name} is required")
+    return missing
+
+
+def _check_number(name: str, value: float, report: _Report) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        report.add(name, "NOT_FINITE", f"{name} must be a finite number, got {value}")
+    elif value < 0:
+        report.add(name, "NEGATIVE", f"{name} must be >= 0, got {value}")
+
+
+def _check_string(name: str, value: str, report: _Report) -> None:
+    limit = STRING_LIMITS.get(name)
+    if limit is not None and len(value) > limit:
+        report.add(
+            name,
+            "TOO_LONG",
+            f"{name} must be at most {limit:,} characters, got {len(value):,}",
+        )
+    if name in ID_FIELDS:
+        bad = _CONTROL.search(value)
+        if bad is not None:
+            report.add(
+                name,
+                "CONTROL_CHARACTER",
+                f"{name} must not contain control characters, found {bad.group()!r} "
+                f"at position {bad.start()}",
+            )
+
+
+def _check_repeated(message: Message, name: str, report: _Report) -> None:
+    # The only repeated field of the records is tools_called_names; anything else added later
+    # is only bounded by the request size.
+    if name != "tools_called_names":
+        return
+    entries = getattr(message, name)
+    if len(entries) > MAX_TOOL_NAMES:
+        report.add(
+            name,
+            "TOO_MANY",
+            f"{name} must have at most {MAX_TOOL_NAMES:,} entries, got {len(entries):,}",
+        )
+    for i, entry in enumerate(entries):
+        if len(entry) > MAX_TOOL_NAME_LENGTH:
+            report.add(
+                f"{name}[{i}]",
+                "TOO_LONG",
+                f"{name}[{i}] must be at most {MAX_TOOL_NAME_LENGTH:,} characters, "
+                f"got {len(entry):,}",
+            )
+
+
+def _check_enum(
+    name: str, enum_name: str, defined: Container[int], value: int, report: _Report
+) -> None:
+    # proto3 enums are open: an unknown number from a newer or buggy client parses fine and
+    # would be stored as a meaningless integer.
+    if value not in defined:
+        report.add(name, "UNKNOWN_ENUM_VALUE", f"{name} {value} is not a defined {enum_name} value")
+
+
+def _check_time(name: str, ts: Timestamp, latest: dt.datetime, report: _Report) -> None:
+    if not 0 <= ts.nanos <= _MAX_NANOS:
+        report.add(
+            name, "INVALID_TIMESTAMP", f"{name}.nanos must be in [0, 999999999], got {ts.nanos}"
+        )
+        return
+    seconds = ts.seconds + ts.nanos / 1e9
+    if seconds < EARLIEST_TIME.timestamp() or seconds > latest.timestamp():
+        report.add(
+            name,
+            "OUT_OF_RANGE",
+            f"{name} ({_show(ts)}) must be between {_iso(EARLIEST_TIME)} and "
+            f"{_iso(latest)} (now + {CLOCK_SKEW.days} day of clock skew)",
+        )
+
+
+def _check_struct(name: str, value: Message, report: _Report) -> None:
+    size = value.ByteSize()
+    if size > MAX_STRUCT_BYTES:
+        report.add(
+            name,
+            "TOO_LARGE",
+            f"{name} must be at most {MAX_STRUCT_BYTES:,} bytes serialized, got {size:,}",
+        )
+
+
+def _check_order(message: Message, report: _Report) -> None:
+    if "started_at" not in message.DESCRIPTOR.fields_by_name:
+        return
+    if not (message.HasField("started_at") and message.HasField("completed_at")):
+        return
+    started, completed = (getattr(message, name) for name in ("started_at", "completed_at"))
+    if not (0 <= started.nanos <= _MAX_NANOS and 0 <= completed.nanos <= _MAX_NANOS):
+        return  # already reported; the order of an invalid time means nothing
+    if (completed.seconds, completed.nanos) < (started.seconds, started.nanos):
+        report.add(
+            "completed_at",
+            "TIME_ORDER",
+            f"completed_at ({_show(completed)}) is before started_at ({_show(started)})",
+        )
+
+
+def _as_utc(now: dt.datetime) -> dt.datetime:
+    # A naive clock is taken as UTC rather than local time, as everything stored is UTC.
+    return now.replace(tzinfo=dt.UTC) if now.tzinfo is None else now.astimezone(dt.UTC)
+
+
+def _iso(moment: dt.datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _show(ts: Timestamp) -> str:
+    try:
+        return ts.ToJsonString()
+    except ValueError:  # beyond year 9999: RFC 3339 cannot spell it
+        return f"{ts.seconds} seconds since the epoch"

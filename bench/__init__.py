@@ -1,1 +1,1 @@
-"""Benchmarks (`make bench`): end-to-end Append throughput and latency vs the database's raw ceiling."""
+"""Benchmarks (`make bench`): end-to-end Append throughput and latency vs the raw ceiling."""

@@ -7,10 +7,9 @@ from __future__ import annotations
 import datetime as dt
 import time
 
-from turnstream.core.pricing import PriceTable
-
 from bench.load import make_turn
 from turnstream.core.pipeline import Item, Pipeline
+from turnstream.core.pricing import PriceTable
 from turnstream.store import dialects, schema
 from turnstream.store.engine import create_engine, migrate
 

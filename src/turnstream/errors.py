@@ -5,12 +5,14 @@ The gRPC doors send it with abort_with_status; the REST gateway maps the same St
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 DOMAIN = "turnstream.dev"
 
+# google.rpc ships no type stubs: violations are typed Any at our boundaries.
 FieldViolation = error_details_pb2.BadRequest.FieldViolation
 
 
@@ -29,7 +31,7 @@ def status(
     reason: str,
     *,
     metadata: Mapping[str, str] | None = None,
-    violations: Iterable[FieldViolation] = (),
+    violations: Iterable[Any] = (),
     retry_after: float | None = None,
 ) -> status_pb2.Status:
     info = error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata or {})
@@ -44,7 +46,7 @@ def status(
     return status_pb2.Status(code=code, message=message, details=_pack(*details))
 
 
-def invalid_record(kind: str, violations: Iterable[FieldViolation]) -> status_pb2.Status:
+def invalid_record(kind: str, violations: Iterable[Any]) -> status_pb2.Status:
     violations = list(violations)
     first = violations[0].description if violations else "invalid"
     more = f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""

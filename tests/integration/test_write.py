@@ -111,12 +111,30 @@ async def test_seed_batch_is_stored_intact_and_a_resend_changes_nothing(database
 
         (row,) = rows(database_url, "turns", execution_id="exec-seed")
         sent = req.turns[0]
-        for field in (
-            "turn_id model model_provider duration_ms input_tokens output_tokens "
-            "cache_read_tokens cache_creation_tokens total_tokens input_cost output_cost "
-            "cache_read_cost cache_creation_cost total_cost finish_reason response_preview "
-            "tools_called_count runtime_minutes model_weight tool_calls_weight aem_value aem_cost"
-        ).split():
+        for field in [
+            "turn_id",
+            "model",
+            "model_provider",
+            "duration_ms",
+            "input_tokens",
+            "output_tokens",
+            "cache_read_tokens",
+            "cache_creation_tokens",
+            "total_tokens",
+            "input_cost",
+            "output_cost",
+            "cache_read_cost",
+            "cache_creation_cost",
+            "total_cost",
+            "finish_reason",
+            "response_preview",
+            "tools_called_count",
+            "runtime_minutes",
+            "model_weight",
+            "tool_calls_weight",
+            "aem_value",
+            "aem_cost",
+        ]:
             assert row[field] == getattr(sent, field), field
         assert row["tools_called_names"] == ["read_file", "run_tests"]
         assert row["metrics"] == {"latency_first_token_ms": 610, "retries": 0}
@@ -202,6 +220,7 @@ async def test_turn_sent_at_start_and_at_completion_is_one_complete_row(database
 
 async def test_task_status_only_moves_forward(database_url: str) -> None:
     async with running_server(database_url) as server, ingest_stub(server) as stub:
+
         def task(status: int) -> records_pb2.Task:
             return records_pb2.Task(
                 execution_id="exec-1", task_id="t1", task_description="build", status=status
@@ -220,7 +239,9 @@ async def test_task_status_only_moves_forward(database_url: str) -> None:
 async def test_execution_never_sent_is_derived_from_its_records(database_url: str) -> None:
     async with running_server(database_url) as server, ingest_stub(server) as stub:
         await stub.Write(
-            ingest_pb2.WriteRequest(turns=[turn(2, "exec-d", completed_at=ts(25)), turn(1, "exec-d")])
+            ingest_pb2.WriteRequest(
+                turns=[turn(2, "exec-d", completed_at=ts(25)), turn(1, "exec-d")]
+            )
         )
         call = records_pb2.ToolCall(execution_id="exec-d", tool_name="grep")
         call.started_at.FromDatetime(ts(40))

@@ -85,9 +85,12 @@ def test_total_tokens_is_input_plus_output_when_absent() -> None:
     t = turn(input_tokens=1_000, output_tokens=500, cache_read_tokens=9_999)
     enrich_turn(t, PRICES)
     assert t.total_tokens == 1_500
-    only_output = turn(output_tokens=42)
-    enrich_turn(only_output, PRICES)
-    assert only_output.total_tokens == 42
+    # A partial message (a turn reported at its start) gets no total: merged with the later
+    # complete message, a partial total would overwrite the right one.
+    only_input = turn(input_tokens=42)
+    enrich_turn(only_input, PRICES)
+    assert not only_input.HasField("total_tokens")
+    assert only_input.HasField("input_cost") and not only_input.HasField("total_cost")
     none = turn()
     enrich_turn(none, PRICES)
     assert not none.HasField("total_tokens")
@@ -117,7 +120,7 @@ def test_only_the_token_kinds_sent_are_priced() -> None:
     t = turn("gpt-4o-mini", input_tokens=2_000_000)
     assert enrich_turn(t, PRICES) is True
     assert t.input_cost == pytest.approx(0.30)
-    assert t.total_cost == pytest.approx(0.30)
+    assert not t.HasField("total_cost")  # no output tokens yet: the total waits for them
     assert not any(t.HasField(f) for f in ("output_cost", "cache_read_cost", "cache_creation_cost"))
 
 

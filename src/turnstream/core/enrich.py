@@ -55,10 +55,15 @@ def enrich_turn(turn: records_pb2.Turn, prices: PriceTable) -> bool:
     """Derive duration, total tokens, costs, AEM and the preview size of one turn. Returns False
     when costs are missing because the model is not in the price table (the caller counts it)."""
     _derive_duration(turn)
-    if not turn.HasField("total_tokens") and (
-        turn.HasField("input_tokens") or turn.HasField("output_tokens")
+    # Totals only from a message that carries both parts: a turn reported at its start (input
+    # only) and again at completion is merged field by field, and a partial total would
+    # overwrite the complete one.
+    if (
+        not turn.HasField("total_tokens")
+        and turn.HasField("input_tokens")
+        and turn.HasField("output_tokens")
     ):
-        total = turn.input_tokens + turn.output_tokens  # absent reads as 0
+        total = turn.input_tokens + turn.output_tokens
         if total <= _INT64_MAX:  # two absurd counts would overflow the field and fail the request
             turn.total_tokens = total
     priced = _derive_costs(turn, prices)
@@ -115,7 +120,7 @@ def _derive_costs(turn: records_pb2.Turn, prices: PriceTable) -> bool:
     sent = [name for name in _COST_FIELDS if _has(turn, name)]
     if sent:
         # The worker priced the turn itself: keep its numbers, only complete the total.
-        if not turn.HasField("total_cost"):
+        if not turn.HasField("total_cost") and _complete(turn, "input_cost", "output_cost"):
             turn.total_cost = sum(getattr(turn, name) for name in sent)
         return True
     counted = [(tokens, cost, rate) for tokens, cost, rate in _COSTS if _has(turn, tokens)]
@@ -129,9 +134,14 @@ def _derive_costs(turn: records_pb2.Turn, prices: PriceTable) -> bool:
         value = getattr(turn, tokens) / 1e6 * getattr(price, rate)
         setattr(turn, cost, value)
         total += value
-    turn.total_cost = total
+    if _complete(turn, "input_tokens", "output_tokens"):
+        turn.total_cost = total
     turn.price_version = price.version
     return True
+
+
+def _complete(turn: records_pb2.Turn, *names: str) -> bool:
+    return all(turn.HasField(name) for name in names)  # type: ignore[arg-type]
 
 
 def _has(message: Message, name: str) -> bool:

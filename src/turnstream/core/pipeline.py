@@ -6,17 +6,17 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias
 
 from google.protobuf.message import Message
 from google.rpc.error_details_pb2 import BadRequest
-from turnstream.core.pricing import PriceTable
 
 from turnstream.core import enrich, rows, validate
 from turnstream.core.batch import StreamAdvance, WriteBatch
+from turnstream.core.pricing import PriceTable
 from turnstream.v1 import ingest_pb2, records_pb2
 
-FieldViolation = BadRequest.FieldViolation
+FieldViolation: TypeAlias = BadRequest.FieldViolation
 
 
 @dataclass(frozen=True, slots=True)

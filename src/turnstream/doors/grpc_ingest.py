@@ -128,7 +128,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         task = await self._create("task", request.task, context, "grpc.CreateTask")
         return ingest_pb2.CreateTaskResponse(task=task)
 
-    async def Append(  # noqa: N802
+    async def Append(  # type: ignore[override]
         self, request_iterator: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> None:
         # Coroutine style (context.read / context.write): reading and answering run as separate

@@ -136,14 +136,14 @@ class Writer:
             epoch, offset = self.dialect.open_stream(conn, tenant_id, stream_id, _now())
             return StreamState(epoch, offset)
 
-        return await self._call(call)  # type: ignore[no-any-return]
+        return await self._call(call)
 
     async def stream_state(self, tenant_id: str, stream_id: str) -> StreamState | None:
         def call(conn: Any) -> StreamState | None:
             state = self.dialect.stream_state(conn, tenant_id, stream_id)
             return None if state is None else StreamState(*state)
 
-        return await self._call(call)  # type: ignore[no-any-return]
+        return await self._call(call)
 
     async def close(self, grace: float = 10.0) -> None:
         """Stop taking batches, commit everything queued, then release the connection."""
@@ -302,7 +302,7 @@ class Writer:
             out: list[BatchOutcome | BaseException] = []
             for pending in group:
                 try:
-                    out += self._in_transaction(lambda conn, p=pending: self._write(conn, [p]))
+                    out += self._in_transaction(_bind_write(self, pending))
                 except BaseException as one:
                     if _is_unavailable(one):
                         raise
@@ -336,6 +336,12 @@ class Writer:
         if rejected:
             self.dialect.insert_rejected(conn, rejected)
         return results
+
+
+def _bind_write(
+    writer: Writer, pending: _Pending
+) -> Callable[[Any], list[BatchOutcome | BaseException]]:
+    return lambda conn: writer._write(conn, [pending])
 
 
 def _merge_group(

@@ -18,7 +18,6 @@ from grpc_status import rpc_status
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from rich.text import Text
 
 from turnstream.kubiya import Loc, batch_from_json, format_loc
 from turnstream.v1 import ingest_pb2, ingest_pb2_grpc, records_pb2
@@ -343,12 +342,17 @@ def _print_summary(console: Console, summary: SendSummary) -> None:
         counts.add_row(label, str(value))
     console.print(counts)
     if summary.rejections:
-        table = Table("where", "kind", "index", "field", "description", title="rejections")
+        # One line per violation, never a table: field paths must stay whole (and greppable) in
+        # a CI log, where a table is squeezed to 80 columns and cut.
+        console.print(f"rejected ({len(summary.rejections)}):", style="bold")
         for r in summary.rejections[:MAX_LISTED]:
-            index = "" if r.index is None else str(r.index)
-            table.add_row(Text(r.where), r.kind, index, Text(r.field), Text(r.description))
-        console.print(table)
+            console.print(
+                f"  {r.where}: {r.kind}: {r.field}: {r.description}",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
         if len(summary.rejections) > MAX_LISTED:
-            console.print(f"... and {len(summary.rejections) - MAX_LISTED} more")
+            console.print(f"  ... and {len(summary.rejections) - MAX_LISTED} more")
     for path, reason in summary.failed_files:
         console.print(f"failed: {path}: {reason}", markup=False, highlight=False, style="red")

@@ -130,4 +130,4 @@ async def test_bad_files_and_bad_records_are_reported_without_sending(tmp_path: 
     assert f"{bad} batch 1: turns[0].turn_number: Input should be a valid integer" in text
     assert f"{bad}: warning: unknown field bogus ignored" in text
     assert f"{bad}: warning: unknown field turns[*].t ignored" in text
-    assert "rejections" in text and "failed: " in text
+    assert "rejected (" in text and "failed: " in text

@@ -265,6 +265,20 @@ async def test_execution_never_sent_is_derived_from_its_records(database_url: st
         assert execution["started_at"] == ts(10)
 
 
+async def test_unknown_models_stay_unpriced_and_are_counted(database_url: str) -> None:
+    async with running_server(database_url) as server, ingest_stub(server) as stub:
+        known = turn(1, input_tokens=1000, output_tokens=10)
+        unknown = turn(2, input_tokens=1000, output_tokens=10)
+        unknown.model = "acme-llm-9000"
+        resp = await stub.Write(ingest_pb2.WriteRequest(turns=[known, unknown]))
+        assert resp.counts.turns.created == 2
+        assert resp.counts.unpriced_turns == 1
+        by_number = {r["turn_number"]: r for r in rows(database_url, "turns")}
+        assert by_number[1]["total_cost"] == pytest.approx(1000 * 3e-6 + 10 * 15e-6)
+        assert by_number[2]["total_cost"] is None and by_number[2]["price_version"] is None
+        assert by_number[2]["total_tokens"] == 1010  # the tokens are still counted
+
+
 async def test_create_turn_answers_derived_fields(database_url: str) -> None:
     async with running_server(database_url) as server, ingest_stub(server) as stub:
         t = turn(1, completed_at=ts(40), input_tokens=1_000_000, output_tokens=100_000)

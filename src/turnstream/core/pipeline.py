@@ -75,6 +75,9 @@ class Pipeline:
     def __init__(self, prices: PriceTable, clock: Callable[[], dt.datetime] = _now) -> None:
         self.prices = prices
         self.clock = clock
+        # Process totals, for metrics: turns left unpriced (unknown model) and records rejected.
+        self.unpriced_total = 0
+        self.rejected_total = 0
 
     def prepare(
         self,
@@ -107,6 +110,8 @@ class Pipeline:
             prepared.accepted.append(item)
             if item.kind != "execution":
                 _widen(spans, row)
+        self.unpriced_total += prepared.unpriced
+        self.rejected_total += len(prepared.rejections)
         prepared.batch.derived_executions = [
             {"tenant_id": tenant_id, "execution_id": eid, "started_at": s, "completed_at": c}
             for eid, (s, c) in spans.items()

@@ -73,6 +73,7 @@ def write_response(prepared: Prepared, outcome: BatchOutcome) -> ingest_pb2.Writ
             tool_calls=per["tool_call"],
             tasks=per["task"],
             executions=per["execution"],
+            unpriced_turns=prepared.unpriced,
         ),
         rejections=prepared.rejections,
         execution_id=ids.pop() if len(ids) == 1 else "",

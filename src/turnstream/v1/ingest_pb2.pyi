@@ -141,6 +141,11 @@ class WriteCounts(_message.Message):
     TOOL_CALLS_FIELD_NUMBER: _builtins.int
     TASKS_FIELD_NUMBER: _builtins.int
     EXECUTIONS_FIELD_NUMBER: _builtins.int
+    UNPRICED_TURNS_FIELD_NUMBER: _builtins.int
+    unpriced_turns: _builtins.int
+    """Stored turns whose model is not in the price table: their costs were left empty, never
+    guessed. Add the model with a price file (--prices-file) to price future turns.
+    """
     @_builtins.property
     def total(self) -> Global___RecordCounts:
         """All records."""
@@ -169,10 +174,11 @@ class WriteCounts(_message.Message):
         tool_calls: Global___RecordCounts | None = ...,
         tasks: Global___RecordCounts | None = ...,
         executions: Global___RecordCounts | None = ...,
+        unpriced_turns: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["executions", b"executions", "tasks", b"tasks", "tool_calls", b"tool_calls", "total", b"total", "turns", b"turns"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["executions", b"executions", "tasks", b"tasks", "tool_calls", b"tool_calls", "total", b"total", "turns", b"turns"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["executions", b"executions", "tasks", b"tasks", "tool_calls", b"tool_calls", "total", b"total", "turns", b"turns", "unpriced_turns", b"unpriced_turns"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

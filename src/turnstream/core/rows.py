@@ -50,46 +50,52 @@ def enum_word(field: FieldDescriptor, number: int) -> str | None:
     return value.name.removeprefix(prefix).lower()
 
 
-Getter = Callable[[Any], Any]
+Convert = Callable[[Any], Any]
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
-def _getter(field: FieldDescriptor) -> Getter:
-    name = field.name
+def _timestamp(ts: Any) -> dt.datetime:
+    # Timestamp.ToDatetime costs several times this; it is called for every time of every row.
+    return _EPOCH + dt.timedelta(seconds=ts.seconds, microseconds=ts.nanos // 1000)
+
+
+def _converter(field: FieldDescriptor) -> Convert:
+    """How a set field's value becomes a column value."""
     if field.is_repeated:
-        return lambda m: [_clean(s) for s in getattr(m, name)] or None
+        return lambda v: [_clean(s) for s in v]
     if field.message_type is not None:
         if field.message_type.full_name == "google.protobuf.Timestamp":
-            return lambda m: getattr(m, name).ToDatetime(dt.UTC) if m.HasField(name) else None
-        # google.protobuf.Struct
-        return lambda m: (
-            _clean_json(json_format.MessageToDict(getattr(m, name))) if m.HasField(name) else None
-        )
+            return _timestamp
+        return lambda v: _clean_json(json_format.MessageToDict(v))  # google.protobuf.Struct
     if field.enum_type is not None:
-        return lambda m: enum_word(field, getattr(m, name))
-    if field.has_presence:
-        if field.type == FieldDescriptor.TYPE_STRING:
-            return lambda m: _clean(getattr(m, name)) if m.HasField(name) else None
-        return lambda m: getattr(m, name) if m.HasField(name) else None
+        words = {value.number: enum_word(field, value.number) for value in field.enum_type.values}
+        return lambda v: words.get(v)
     if field.type == FieldDescriptor.TYPE_STRING:
-        # Implicit-presence strings: empty means not sent.
-        return lambda m: _clean(getattr(m, name)) or None
-    return lambda m: getattr(m, name)
+        return _clean
+    return lambda v: v
 
 
-def _getters(descriptor: Descriptor) -> list[tuple[str, Getter]]:
-    return [(f.name, _getter(f)) for f in descriptor.fields]
+class _Plan:
+    """Per message type: every column None, then a converter per field that is set."""
+
+    def __init__(self, descriptor: Descriptor) -> None:
+        self.template: Row = {f.name: None for f in descriptor.fields}
+        self.convert: dict[str, Convert] = {f.name: _converter(f) for f in descriptor.fields}
 
 
-_TURN = _getters(records_pb2.Turn.DESCRIPTOR)
-_TOOL_CALL = _getters(records_pb2.ToolCall.DESCRIPTOR)
-_TASK = _getters(records_pb2.Task.DESCRIPTOR)
-_EXECUTION = _getters(records_pb2.Execution.DESCRIPTOR)
+_TURN = _Plan(records_pb2.Turn.DESCRIPTOR)
+_TOOL_CALL = _Plan(records_pb2.ToolCall.DESCRIPTOR)
+_TASK = _Plan(records_pb2.Task.DESCRIPTOR)
+_EXECUTION = _Plan(records_pb2.Execution.DESCRIPTOR)
 
 
-def _row(getters: list[tuple[str, Getter]], msg: Message, tenant_id: str) -> Row:
-    row: Row = {"tenant_id": tenant_id}
-    for name, get in getters:
-        row[name] = get(msg)
+def _row(plan: _Plan, msg: Message, tenant_id: str) -> Row:
+    # ListFields() yields only what is set (implicit-presence strings only when non-empty, enums
+    # only when not UNSPECIFIED), so absent fields stay None: "keep the stored value".
+    row: Row = {"tenant_id": tenant_id, **plan.template}
+    convert = plan.convert
+    for field, value in msg.ListFields():
+        row[field.name] = convert[field.name](value)
     return row
 
 

@@ -16,13 +16,9 @@ from turnstream.v1 import ingest_pb2_grpc
 
 @contextlib.asynccontextmanager
 async def running_server(database_url: str, **overrides: Any) -> AsyncIterator[Server]:
-    settings = Settings.from_env(
-        env={},
-        grpc_addr="127.0.0.1:0",
-        http_addr="127.0.0.1:0",
-        database_url=database_url,
-        **overrides,
-    )
+    # Free ports unless the test pins one (a restart on the same address, say).
+    options = {"grpc_addr": "127.0.0.1:0", "http_addr": "127.0.0.1:0", **overrides}
+    settings = Settings.from_env(env={}, database_url=database_url, **options)
     server = Server(settings)
     await server.start()
     try:

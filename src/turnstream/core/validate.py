@@ -128,7 +128,7 @@ class _Report:
 def _validate(message: Message, path: str, now: dt.datetime) -> list[FieldViolation]:
     descriptor = message.DESCRIPTOR
     report = _Report(path)
-    missing = _check_required(message, _required(descriptor), report)
+    missing = _check_required(message, _required(descriptor), report)  # type: ignore[arg-type]
     latest = _as_utc(now) + CLOCK_SKEW
     # ListFields() yields only the fields that are set, in one C call: a typical record sets a
     # third of its fields, and this walk is on the hot path of every ingested record.
@@ -145,6 +145,7 @@ def _validate(message: Message, path: str, now: dt.datetime) -> list[FieldViolat
             _check_string(name, value, report)
         elif kind == "enum":
             enum = field.enum_type
+            assert enum is not None  # _kind() says "enum" only when there is one
             _check_enum(name, enum.name, enum.values_by_number, value, report)
         elif kind == "time":
             _check_time(name, value, latest, report)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -86,7 +85,6 @@ class Session:
         self._draining = False
         self._reader: asyncio.Task[None] | None = None
         self._read: asyncio.Future[Any] | None = None
-        self._last_store: asyncio.Future[BatchOutcome] | None = None
         self._stores: set[asyncio.Future[BatchOutcome]] = set()
         self._last_sent = 0.0
         self._opened = False
@@ -372,8 +370,9 @@ class Session:
         return None
 
     def _store(self, batch: WriteBatch) -> asyncio.Future[BatchOutcome]:
-        store = asyncio.ensure_future(_submit_in_order(self.door, batch, self._last_store))
-        self._last_store = store
+        # Tasks start in creation order, so submit() is called in request order; the writer
+        # admits and commits in that order, which keeps a stream's offset checks in sequence.
+        store = asyncio.ensure_future(self.door.writer.submit(batch))
         self._stores.add(store)
         store.add_done_callback(self._stored)
         return store
@@ -382,29 +381,6 @@ class Session:
         self._stores.discard(store)
         if not store.cancelled():
             store.exception()  # retrieved: the answer loop reports it, or the call is over
-
-
-async def _submit_in_order(
-    door: StreamDoor, batch: WriteBatch, previous: Awaitable[BatchOutcome] | None
-) -> BatchOutcome:
-    """Submit a stream batch. While the writer is full, a later batch of the stream can be
-    queued before an earlier one (see docs/streaming.md); its advance then finds the stream short
-    of its first offset under our own epoch. That batch was not stored: submit it again once the
-    earlier one committed."""
-    try:
-        return await door.writer.submit(batch)
-    except StreamConflict as exc:
-        advance = batch.stream
-        overtook = (
-            previous is not None
-            and advance is not None
-            and exc.epoch == advance.epoch
-            and exc.committed_offset < advance.from_offset
-        )
-        if not overtook or previous is None:
-            raise
-    await previous
-    return await door.writer.submit(batch)
 
 
 def _index(rejection: ingest_pb2.RecordRejection) -> int:

@@ -11,17 +11,18 @@ that moved under us -> StreamConflict.
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime as dt
 import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
-from turnstream.core.batch import KINDS, BatchOutcome, WriteBatch
+from turnstream.core.batch import KINDS, BatchOutcome, StreamAdvance, WriteBatch
 from turnstream.core.rows import Row
 from turnstream.store import dialects, schema
 from turnstream.store.dialects import Key
@@ -109,7 +110,9 @@ class Writer:
         self.retry_after = retry_after
         self.stats = WriterStats()
         self._queue: asyncio.Queue[_Pending | _Call | None] = asyncio.Queue()
-        self._room = asyncio.Condition()
+        # Batches waiting for room, in arrival order: admission must be FIFO, or a small later
+        # batch of a stream could overtake a large earlier one and fail its offset check.
+        self._waiting: collections.deque[_Pending] = collections.deque()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="turnstream-writer")
         self._conn: Any = None
         self._task: asyncio.Task[None] | None = None
@@ -121,12 +124,13 @@ class Writer:
         self._task = asyncio.create_task(self._run(), name="turnstream-writer")
 
     async def submit(self, batch: WriteBatch) -> BatchOutcome:
-        """Store a batch; returns after its transaction committed."""
-        size = max(1, batch.size())
-        await self._wait_for_room(size)
+        """Store a batch; returns after its transaction committed. Batches are committed in
+        the order submit() was called, also when callers have to wait for room."""
+        if self._closing:
+            raise StoreUnavailable("the server is shutting down", self.retry_after)
         future: asyncio.Future[BatchOutcome] = asyncio.get_running_loop().create_future()
-        self.stats.pending_rows += size
-        self._queue.put_nowait(_Pending(batch, future, size))
+        self._waiting.append(_Pending(batch, future, max(1, batch.size())))
+        self._admit()
         return await future
 
     async def open_stream(self, tenant_id: str, stream_id: str) -> StreamState:
@@ -166,17 +170,17 @@ class Writer:
 
     # -- the loop -----------------------------------------------------------------------------
 
-    async def _wait_for_room(self, size: int) -> None:
-        if self._closing:
-            raise StoreUnavailable("the server is shutting down", self.retry_after)
-        async with self._room:
-            # A batch larger than the whole budget still goes through when the queue is empty.
-            await self._room.wait_for(
-                lambda: (
-                    self.stats.pending_rows == 0
-                    or self.stats.pending_rows + size <= self.max_pending_rows
-                )
-            )
+    def _admit(self) -> None:
+        """Move waiting batches to the queue, oldest first, while there is room. A batch larger
+        than the whole budget still goes through when nothing else is pending."""
+        while self._waiting:
+            size = self._waiting[0].size
+            pending = self.stats.pending_rows
+            if pending and pending + size > self.max_pending_rows:
+                return
+            item = self._waiting.popleft()
+            self.stats.pending_rows += size
+            self._queue.put_nowait(item)
 
     async def _call(self, fn: Callable[[Any], T]) -> T:
         if self._closing:
@@ -219,6 +223,13 @@ class Writer:
                 await self._flush(loop, [item])
             elif isinstance(item, _Call):
                 await self._run_call(loop, item)
+        # Admission refills the queue as flushes free room, so this is empty unless a flush
+        # failed; never leave a caller waiting forever.
+        while self._waiting:
+            _resolve(
+                self._waiting.popleft().future,
+                exc=StoreUnavailable("the server is shutting down", self.retry_after),
+            )
 
     async def _run_call(self, loop: asyncio.AbstractEventLoop, item: _Call) -> None:
         try:
@@ -246,8 +257,7 @@ class Writer:
                 self.stats.batches += 1
                 self.stats.rows += pending.size
                 _resolve(pending.future, result=result)
-        async with self._room:
-            self._room.notify_all()
+        self._admit()
 
     def _translate(self, exc: BaseException) -> BaseException:
         if isinstance(exc, StoreUnavailable | StreamConflict):
@@ -309,19 +319,29 @@ class Writer:
                     out.append(self._translate(one))
             return out
 
+    def _advance_streams(
+        self, conn: Any, group: list[_Pending], now: dt.datetime
+    ) -> dict[int, StreamConflict]:
+        """Advance every stream's committed offset; the batches whose advance failed."""
+        failed: dict[int, StreamConflict] = {}
+        for tenant_id, adv, members in _chains(group):
+            if not self.dialect.advance(conn, tenant_id, adv, now):
+                state = self.dialect.stream_state(conn, tenant_id, adv.stream_id) or (0, 0)
+                for i in members:
+                    failed[i] = StreamConflict(adv.stream_id, *state)
+        return failed
+
     def _write(self, conn: Any, group: list[_Pending]) -> list[BatchOutcome | BaseException]:
         now = _now()
         results: list[BatchOutcome | BaseException] = []
         live: list[tuple[int, WriteBatch]] = []
+        failed = self._advance_streams(conn, group, now)
         for i, pending in enumerate(group):
-            batch = pending.batch
-            adv = batch.stream
-            if adv is not None and not self.dialect.advance(conn, batch.tenant_id, adv, now):
-                state = self.dialect.stream_state(conn, batch.tenant_id, adv.stream_id) or (0, 0)
-                results.append(StreamConflict(adv.stream_id, *state))
+            if i in failed:
+                results.append(failed[i])
                 continue
             results.append(BatchOutcome())
-            live.append((i, batch))
+            live.append((i, pending.batch))
         for kind in KINDS:
             table = schema.RECORD_TABLES[kind]
             merged, order = _merge_group(table, [(i, b.rows[kind]) for i, b in live])
@@ -336,6 +356,27 @@ class Writer:
         if rejected:
             self.dialect.insert_rejected(conn, rejected)
         return results
+
+
+def _chains(group: list[_Pending]) -> list[tuple[str, StreamAdvance, list[int]]]:
+    """Consecutive batches of one stream (same epoch, each starting where the previous ends)
+    become one advance: one UPDATE per stream per flush instead of one per batch. If the first
+    advance of a chain would fail, every later one would too, so the results are the same."""
+    chains: list[tuple[str, StreamAdvance, list[int]]] = []
+    last: dict[tuple[str, str, int], int] = {}
+    for i, pending in enumerate(group):
+        adv = pending.batch.stream
+        if adv is None:
+            continue
+        key = (pending.batch.tenant_id, adv.stream_id, adv.epoch)
+        at = last.get(key)
+        if at is not None and chains[at][1].to_offset == adv.from_offset:
+            tenant, first, members = chains[at]
+            chains[at] = (tenant, replace(first, to_offset=adv.to_offset), [*members, i])
+            continue
+        last[key] = len(chains)
+        chains.append((pending.batch.tenant_id, adv, [i]))
+    return chains
 
 
 def _bind_write(

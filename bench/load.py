@@ -68,6 +68,7 @@ async def run_stream(
     window: int,
     interval: float | None,
     result: Result,
+    phase: float = 0.0,
 ) -> None:
     """Send every batch, keeping at most `window` un-acked; with `interval`, pace the sends
     (open loop) to measure latency at a fixed rate."""
@@ -98,7 +99,7 @@ async def run_stream(
     start = time.perf_counter()
     for i, req in enumerate(requests):
         if interval is not None:
-            delay = start + i * interval - time.perf_counter()
+            delay = start + (i + phase) * interval - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
         await room.acquire()
@@ -128,7 +129,9 @@ async def drive(
         start = time.perf_counter()
         await asyncio.gather(
             *(
-                run_stream(stub, f"{prefix}-{s}", reqs, window, interval, result)
+                # Paced streams are spread over the interval (phase), not sent in lockstep:
+                # an open-loop load arrives evenly, not in one burst of every stream at once.
+                run_stream(stub, f"{prefix}-{s}", reqs, window, interval, result, s / streams)
                 for s, reqs in enumerate(all_requests)
             )
         )

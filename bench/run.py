@@ -34,7 +34,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(url: str) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(url: str, workers: int = 1) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     target = f"127.0.0.1:{port}"
     proc = subprocess.Popen(
@@ -51,6 +51,8 @@ def start_server(url: str) -> tuple[subprocess.Popen[bytes], str]:
             url,
             "--log-level",
             "WARNING",
+            "--workers",
+            str(workers),
         ],
         cwd=ROOT,
     )
@@ -80,9 +82,12 @@ def bench_dialect(name: str, url: str, ceiling_url: str, args: argparse.Namespac
     print(f"\n== {name}: raw ceiling ...", flush=True)
     raw = ceiling(ceiling_url, args.ceiling_records)
     print(f"   {raw:,.0f} rows/s", flush=True)
-    proc, target = start_server(url)
+    # SQLite serialises writers on its file lock: more processes only add contention.
+    workers = args.workers if name == "postgresql" else 1
+    proc, target = start_server(url, workers)
     out = [
         f"\n### {name}\n",
+        f"Server: `turnstream serve --workers {workers}`\n",
         f"Raw ceiling (writer SQL on prebuilt rows, 5,000 per transaction): "
         f"**{raw:,.0f} rows/s**\n",
         "| scenario | records | s | records/s | p50 ack ms | p99 ack ms |",
@@ -93,7 +98,9 @@ def bench_dialect(name: str, url: str, ceiling_url: str, args: argparse.Namespac
             f"== {name}: {args.streams} streams x {args.records} records, batches of {args.batch}",
             flush=True,
         )
-        big = asyncio.run(drive(target, args.streams, args.records, args.batch, prefix=f"{name}-b"))
+        big = asyncio.run(
+            drive(target, args.streams, args.records, args.batch, args.window, prefix=f"{name}-b")
+        )
         out.append(line(f"{args.streams} streams, batch {args.batch}", big))
         print(f"   {big.rate():,.0f} rec/s ({big.rate() / raw:.0%} of ceiling)", flush=True)
         print(f"== {name}: one record per message, {args.single_streams} streams", flush=True)
@@ -136,6 +143,8 @@ def main() -> int:
     p.add_argument("--streams", type=int, default=8)
     p.add_argument("--records", type=int, default=20_000, help="records per stream")
     p.add_argument("--batch", type=int, default=500)
+    p.add_argument("--workers", type=int, default=2, help="server processes (serve --workers)")
+    p.add_argument("--window", type=int, default=4, help="un-acked batches per stream")
     p.add_argument("--single-streams", type=int, default=32)
     p.add_argument("--single-records", type=int, default=2_000)
     p.add_argument("--single-window", type=int, default=16)

@@ -89,6 +89,12 @@ def _parser() -> argparse.ArgumentParser:
         const=False,
         help="do not apply migrations at start",
     )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="processes sharing the ports, one core each (use with PostgreSQL) [1]",
+    )
     serve.add_argument("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING, ERROR [INFO]")
     serve.add_argument("--log-format", choices=["text", "json"], help="log line format [text]")
 

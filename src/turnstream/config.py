@@ -34,6 +34,12 @@ class Settings:
     max_pending_rows: int = 50_000
     log_level: str = "INFO"
     log_format: str = "text"
+    # Processes serving the same ports (SO_REUSEPORT): the pipeline is CPU-bound Python, so one
+    # process uses one core. Replicas are safe by design: offsets and fencing live in the
+    # database. Best with PostgreSQL; SQLite serialises writers on its file lock.
+    workers: int = 1
+    # Set for the processes of a --workers group: share the listening ports.
+    reuse_port: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -46,6 +52,17 @@ class Settings:
                 values[f.name] = _parse(f.name, raw, f.default)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+    def to_env(self) -> dict[str, str]:
+        """The TURNSTREAM_* variables that rebuild these settings (for worker processes)."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+            out[ENV_PREFIX + f.name.upper()] = text
+        return out
 
 
 def _parse(name: str, raw: str, default: Any) -> Any:

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import os
 import signal
 import socket
+import subprocess
+import sys
 from typing import Any
 
 import grpc
@@ -40,7 +44,6 @@ GRPC_OPTIONS = [
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
-    ("grpc.so_reuseport", 0),
 ]
 
 
@@ -76,7 +79,9 @@ class Server:
         if self._streaming is not None:
             servicer.streaming = self._streaming
 
-        self._grpc = grpc.aio.server(options=GRPC_OPTIONS)
+        # Without --workers a second server on the same port must fail, not silently share it.
+        reuse = [("grpc.so_reuseport", 1 if s.reuse_port else 0)]
+        self._grpc = grpc.aio.server(options=GRPC_OPTIONS + reuse)
         ingest_pb2_grpc.add_IngestServiceServicer_to_server(servicer, self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         reflection.enable_server_reflection(
@@ -111,6 +116,8 @@ class Server:
         host, port = split_addr(self.settings.http_addr)
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if self.settings.reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         try:
             sock.bind((host, port))
         except OSError as exc:
@@ -164,14 +171,43 @@ def _streaming_door(pipeline: Pipeline, writer: Writer, settings: Settings) -> A
 
 
 async def serve(settings: Settings) -> None:
-    """Run until SIGTERM or SIGINT, then drain within settings.shutdown_grace."""
+    """Run until SIGTERM or SIGINT, then drain within settings.shutdown_grace. With
+    settings.workers > 1, this process also starts and stops the other workers."""
+    if settings.workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {settings.workers}")
+    if settings.workers > 1:
+        for addr in (settings.grpc_addr, settings.http_addr):
+            if split_addr(addr)[1] == 0:
+                raise ValueError(f"--workers needs fixed ports; {addr} asks for a free one")
+        settings = dataclasses.replace(settings, reuse_port=True)
     server = Server(settings)
     await server.start()
+    workers = _spawn_workers(settings) if settings.workers > 1 else []
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down: draining for up to %.1fs", settings.shutdown_grace)
+    for worker in workers:
+        worker.send_signal(signal.SIGTERM)
     await server.stop()
+    for worker in workers:
+        try:
+            await asyncio.to_thread(worker.wait, settings.shutdown_grace + 5)
+        except subprocess.TimeoutExpired:
+            log.error("worker %d did not stop in time; killing it", worker.pid)
+            worker.kill()
     log.info("stopped")
+
+
+def _spawn_workers(settings: Settings) -> list[subprocess.Popen[bytes]]:
+    """settings.workers - 1 more processes on the same ports. They get these settings through
+    the environment (flags would make them spawn workers of their own); this process already
+    migrated the database."""
+    single = dataclasses.replace(settings, workers=1, auto_migrate=False, reuse_port=True)
+    env = {**os.environ, **single.to_env()}
+    command = [sys.executable, "-m", "turnstream.cli", "serve"]
+    workers = [subprocess.Popen(command, env=env) for _ in range(settings.workers - 1)]
+    log.info("started %d more workers: %s", len(workers), [w.pid for w in workers])
+    return workers

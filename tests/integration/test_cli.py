@@ -148,3 +148,37 @@ def test_bad_listen_address_is_a_clear_error(addr: str, tmp_path: Path) -> None:
     out = turnstream("serve", "--grpc-addr", addr, "--database-url", f"sqlite:///{tmp_path}/x.db")
     assert out.returncode == 2
     assert "HOST:PORT" in out.stderr
+
+
+def test_workers_share_the_ports_and_all_stop_on_sigterm(
+    tmp_path: Path, postgresql_url: str
+) -> None:
+    grpc_port, http_port = free_port(), free_port()
+    args = ["--grpc-addr", f"127.0.0.1:{grpc_port}", "--http-addr", f"127.0.0.1:{http_port}"]
+    log = tmp_path / "server.log"
+    with serving([*args, "--database-url", postgresql_url, "--workers", "3"], log) as proc:
+        wait_healthy(http_port, proc)
+        deadline = time.monotonic() + 30
+        while "started 2 more workers" not in log.read_text():
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        pids = [
+            int(p) for p in log.read_text().split("more workers: [")[1].split("]")[0].split(",")
+        ]
+        # Each worker serves: a batch sent on fresh connections lands whichever process answers.
+        for _ in range(3):
+            sent = turnstream("send", "--target", f"127.0.0.1:{grpc_port}", str(EXAMPLE))
+            assert sent.returncode == 0, sent.stdout + sent.stderr
+        assert len(rows(postgresql_url, "turns")) == 3
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_workers_need_fixed_ports(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/x.db"
+    out = turnstream("serve", "--grpc-addr", "127.0.0.1:0", "--workers", "2", "--database-url", url)
+    assert out.returncode == 2
+    assert "--workers needs fixed ports" in out.stderr

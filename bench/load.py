@@ -124,16 +124,30 @@ async def drive(
     ]
     interval = None if rate is None else batch * streams / rate
     result = Result()
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = ingest_pb2_grpc.IngestServiceStub(channel)
+    # One channel (one connection) per stream, as separate workers would have: with
+    # `serve --workers N` the kernel spreads connections, not streams, over the processes.
+    local = [("grpc.use_local_subchannel_pool", 1)]  # else channels share one connection
+    channels = [grpc.aio.insecure_channel(target, options=local) for _ in range(streams)]
+    try:
         start = time.perf_counter()
         await asyncio.gather(
             *(
                 # Paced streams are spread over the interval (phase), not sent in lockstep:
                 # an open-loop load arrives evenly, not in one burst of every stream at once.
-                run_stream(stub, f"{prefix}-{s}", reqs, window, interval, result, s / streams)
+                run_stream(
+                    ingest_pb2_grpc.IngestServiceStub(channels[s]),
+                    f"{prefix}-{s}",
+                    reqs,
+                    window,
+                    interval,
+                    result,
+                    s / streams,
+                )
                 for s, reqs in enumerate(all_requests)
             )
         )
         result.seconds = time.perf_counter() - start
+    finally:
+        for channel in channels:
+            await channel.close()
     return result

@@ -79,6 +79,9 @@ class Dialect(Protocol):
     def insert_rejected(self, conn: Any, rows: Sequence[Row]) -> None: ...
 
     def advance(self, conn: Any, tenant_id: str, adv: StreamAdvance, now: dt.datetime) -> bool: ...
+    def advance_many(
+        self, conn: Any, advances: Sequence[tuple[str, StreamAdvance]], now: dt.datetime
+    ) -> set[tuple[str, str]]: ...
     def open_stream(
         self, conn: Any, tenant_id: str, stream_id: str, now: dt.datetime
     ) -> tuple[int, int]: ...
@@ -166,6 +169,33 @@ class _SqlDialect:
             f" WHERE ({first} AND excluded.started_at IS NOT NULL)"
             f" OR ({last} AND excluded.completed_at IS NOT NULL)"
         )
+
+    value_casts = ("", "", "", "", "")
+
+    def advance_many(
+        self, conn: Any, advances: Sequence[tuple[str, StreamAdvance]], now: dt.datetime
+    ) -> set[tuple[str, str]]:
+        """Compare-and-set many streams in one statement (one round trip per flush, not one per
+        stream); returns the (tenant, stream) pairs that moved. Each stream appears at most
+        once: a source row per target row keeps UPDATE … FROM deterministic."""
+        p = self.p
+        one = "(" + ", ".join(f"{p}{cast}" for cast in self.value_casts) + ")"
+        params: list[Any] = [self.time(now)]
+        for tenant_id, adv in advances:
+            params += [tenant_id, adv.stream_id, adv.epoch, adv.from_offset, adv.to_offset]
+        cur = conn.cursor()
+        cur.execute(
+            f"UPDATE streams SET committed_offset = v.to_offset, updated_at = {p}"
+            # VALUES columns are column1..5 on both dialects (SQLite has no alias list).
+            " FROM (SELECT column1 AS tenant_id, column2 AS stream_id, column3 AS epoch,"
+            " column4 AS from_offset, column5 AS to_offset"
+            f" FROM (VALUES {', '.join([one] * len(advances))}) AS x) AS v"
+            " WHERE streams.tenant_id = v.tenant_id AND streams.stream_id = v.stream_id"
+            " AND streams.epoch = v.epoch AND streams.committed_offset = v.from_offset"
+            " RETURNING streams.tenant_id, streams.stream_id",
+            params,
+        )
+        return {(str(t), str(s)) for t, s in cur.fetchall()}
 
     def advance(self, conn: Any, tenant_id: str, adv: StreamAdvance, now: dt.datetime) -> bool:
         p = self.p
@@ -271,6 +301,10 @@ class PostgresDialect(_SqlDialect):
     name = "postgresql"
     p = "%s"
     distinct = "IS DISTINCT FROM"
+    value_casts = ("::text", "::text", "::bigint", "::bigint", "::bigint")
+    # Below this many rows one multi-row INSERT … VALUES (one round trip) beats COPY into the
+    # staging table plus INSERT … SELECT (two); above it COPY's binary encoding wins.
+    copy_threshold = 64
 
     def prepare(self, conn: Any) -> None:
         # Staging tables live as long as the connection; ON COMMIT DELETE ROWS empties them at
@@ -313,9 +347,13 @@ class PostgresDialect(_SqlDialect):
         self, conn: Any, table: sa.Table, rows: Sequence[Row], now: dt.datetime
     ) -> dict[Key, int]:
         cols = key_columns(table) + data_columns(table) + list(BOOKKEEPING)
-        self._copy(conn, table, cols, ([r.get(c) for c in cols[:-3]] + [1, now, now] for r in rows))
-        names = ", ".join(cols)
+        values = ([r.get(c) for c in cols[:-3]] + [1, now, now] for r in rows)
         nkeys = len(key_columns(table))
+        if len(rows) < self.copy_threshold:
+            returned = self._insert_many(conn, table.name, cols, values, self._upsert_tail(table))
+            return {tuple(r[:nkeys]): r[nkeys] for r in returned}
+        self._copy(conn, table, cols, values)
+        names = ", ".join(cols)
         with conn.cursor() as cur:
             cur.execute(
                 f"INSERT INTO {table.name} ({names}) SELECT {names} FROM stage_{table.name}"

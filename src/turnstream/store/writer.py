@@ -324,8 +324,24 @@ class Writer:
     ) -> dict[int, StreamConflict]:
         """Advance every stream's committed offset; the batches whose advance failed."""
         failed: dict[int, StreamConflict] = {}
-        for tenant_id, adv, members in _chains(group):
-            if not self.dialect.advance(conn, tenant_id, adv, now):
+        chains = _chains(group)
+        # One statement for the first chain of every stream; a stream with a second chain in the
+        # same flush (an older, fenced epoch beside a newer one: rare) goes one by one after.
+        first: dict[tuple[str, str], int] = {}
+        for n, (tenant_id, adv, _) in enumerate(chains):
+            first.setdefault((tenant_id, adv.stream_id), n)
+        batched = [chains[n] for n in first.values()]
+        moved = (
+            self.dialect.advance_many(conn, [(t, a) for t, a, _ in batched], now)
+            if batched
+            else set()
+        )
+        for n, (tenant_id, adv, members) in enumerate(chains):
+            if first[(tenant_id, adv.stream_id)] == n:
+                ok = (tenant_id, adv.stream_id) in moved
+            else:
+                ok = self.dialect.advance(conn, tenant_id, adv, now)
+            if not ok:
                 state = self.dialect.stream_state(conn, tenant_id, adv.stream_id) or (0, 0)
                 for i in members:
                     failed[i] = StreamConflict(adv.stream_id, *state)

@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # turnstream container image: `docker build -t turnstream .`
 #   docker run -p 50051:50051 -p 8080:8080 -v turnstream-data:/var/lib/turnstream turnstream
-# Listening on 0.0.0.0, the server requires API keys (anonymous access is loopback-only).
+# It listens on 0.0.0.0. Auth (API keys) is not built yet: keep the ports on a private network.
 # SQLite in /var/lib/turnstream by default (mount a volume there); set TURNSTREAM_DATABASE_URL for
 # PostgreSQL.
 

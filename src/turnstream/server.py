@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-from typing import Any
 
 import grpc
 import sqlalchemy as sa
@@ -28,6 +27,7 @@ from turnstream.config import Settings, split_addr
 from turnstream.core.pipeline import Pipeline
 from turnstream.core.pricing import PriceTable
 from turnstream.doors.grpc_ingest import IngestServicer
+from turnstream.doors.grpc_stream import StreamDoor
 from turnstream.store.engine import create_engine, migrate
 from turnstream.store.writer import Writer
 from turnstream.v1 import ingest_pb2, ingest_pb2_grpc
@@ -60,7 +60,7 @@ class Server:
         self._grpc: grpc.aio.Server | None = None
         self._http: uvicorn.Server | None = None
         self._http_task: asyncio.Task[None] | None = None
-        self._streaming: Any = None
+        self._streaming: StreamDoor | None = None
         self._serving = False
 
     async def start(self) -> None:
@@ -74,10 +74,8 @@ class Server:
         )
         await self.writer.start()
         pipeline = Pipeline(prices)
-        servicer = IngestServicer(pipeline, self.writer)
-        self._streaming = _streaming_door(pipeline, self.writer, s)
-        if self._streaming is not None:
-            servicer.streaming = self._streaming
+        self._streaming = StreamDoor(pipeline, self.writer, s)
+        servicer = IngestServicer(pipeline, self.writer, self._streaming)
 
         # Without --workers a second server on the same port must fail, not silently share it.
         reuse = [("grpc.so_reuseport", 1 if s.reuse_port else 0)]
@@ -143,8 +141,10 @@ class Server:
         self._serving = False
         await self.health.enter_graceful_shutdown()
         if self._streaming is not None:
-            with contextlib.suppress(Exception):
+            try:
                 await self._streaming.drain(grace)
+            except Exception:  # shutdown goes on: the writer must still commit what is queued
+                log.exception("draining the streams failed")
         if self._grpc is not None:
             await self._grpc.stop(grace)
         if self.writer is not None:
@@ -159,15 +159,6 @@ class Server:
     async def wait(self) -> None:
         if self._grpc is not None:
             await self._grpc.wait_for_termination()
-
-
-def _streaming_door(pipeline: Pipeline, writer: Writer, settings: Settings) -> Any:
-    """The Append door, when this build has it (it lands with the streaming issue)."""
-    try:
-        from turnstream.doors.grpc_stream import StreamDoor
-    except ImportError:
-        return None
-    return StreamDoor(pipeline, writer, settings)
 
 
 async def serve(settings: Settings) -> None:

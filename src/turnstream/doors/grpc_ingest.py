@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 from google.rpc import status_pb2
@@ -13,9 +13,12 @@ from grpc_status import rpc_status
 
 from turnstream import errors
 from turnstream.core.batch import BatchOutcome, KindCounts
-from turnstream.core.pipeline import Item, Pipeline, Prepared
+from turnstream.core.pipeline import KINDS, Item, Pipeline, Prepared
 from turnstream.store.writer import StoreUnavailable, Writer
 from turnstream.v1 import ingest_pb2, ingest_pb2_grpc
+
+if TYPE_CHECKING:  # grpc_stream imports abort() from here
+    from turnstream.doors.grpc_stream import StreamDoor
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +55,6 @@ def _counts(k: KindCounts, rejected: int) -> ingest_pb2.RecordCounts:
 
 
 def write_response(prepared: Prepared, outcome: BatchOutcome) -> ingest_pb2.WriteResponse:
-    from turnstream.core.pipeline import KINDS
-
     rejected = {kind: 0 for kind in KINDS}
     enum_to_kind = {k.enum: name for name, k in KINDS.items()}
     for r in prepared.rejections:
@@ -81,14 +82,19 @@ def write_response(prepared: Prepared, outcome: BatchOutcome) -> ingest_pb2.Writ
 
 
 class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
-    """Write and Create*; Append and GetStream come from the streaming door (set `streaming`)."""
+    """Write and Create* here; Append and GetStream are handed to the streaming door."""
 
-    def __init__(self, pipeline: Pipeline, writer: Writer, tenant_of: TenantOf = default_tenant):
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        writer: Writer,
+        streaming: StreamDoor,
+        tenant_of: TenantOf = default_tenant,
+    ):
         self.pipeline = pipeline
         self.writer = writer
+        self.streaming = streaming
         self.tenant_of = tenant_of
-        # The Append/GetStream door (turnstream.doors.grpc_stream.StreamDoor); set by the server.
-        self.streaming: Any = None
 
     async def Write(
         self, request: ingest_pb2.WriteRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -134,13 +140,9 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     ) -> None:
         # Coroutine style (context.read / context.write): reading and answering run as separate
         # tasks in the streaming door, which an async generator could not do.
-        if self.streaming is None:
-            await abort(context, errors.status(12, "streaming is not available", "UNIMPLEMENTED"))
         await self.streaming.append(context, self.tenant_of(context))
 
     async def GetStream(
         self, request: ingest_pb2.GetStreamRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> ingest_pb2.GetStreamResponse:
-        if self.streaming is None:
-            await abort(context, errors.status(12, "streaming is not available", "UNIMPLEMENTED"))
-        return await self.streaming.get_stream(request, context, self.tenant_of(context))  # type: ignore[no-any-return]
+        return await self.streaming.get_stream(request, context, self.tenant_of(context))

@@ -467,8 +467,8 @@ def _merge_derived(rows: list[Row]) -> list[Row]:
 
 def _rollback(conn: Any) -> None:
     try:
-        conn.rollback() if hasattr(conn, "rollback") else None
-        if getattr(conn, "in_transaction", False):
+        conn.rollback()  # psycopg and sqlite3 alike (sqlite3 sees our BEGIN IMMEDIATE too)
+        if getattr(conn, "in_transaction", False):  # sqlite3 only; belt and braces
             conn.execute("ROLLBACK")
     except Exception:
         log.debug("rollback failed", exc_info=True)

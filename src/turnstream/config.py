@@ -32,6 +32,21 @@ class Settings:
     # Writer: most rows in one transaction, and most rows queued before callers wait.
     max_flush_rows: int = 5_000
     max_pending_rows: int = 50_000
+    # Database: the longest any database call (connect, statement, lock wait, a commit) may take
+    # before callers are answered UNAVAILABLE and health turns NOT_SERVING. A hung database or a
+    # network partition is "down", not a hang.
+    db_timeout: float = 5.0
+    # Requests: the largest gRPC message accepted, the most records in one Write, and the bytes
+    # of requests being prepared at once (admission before the pipeline: bounded memory).
+    max_message_bytes: int = 16 * 1024 * 1024
+    max_request_records: int = 100_000
+    max_inflight_bytes: int = 64 * 1024 * 1024
+    # Streams: an Append call that sends no `open` within this many seconds is closed.
+    open_timeout: float = 30.0
+    # HTTP listener: most open connections, and seconds an idle keep-alive or a request that
+    # never finishes its headers or body may hold a connection.
+    http_max_connections: int = 1_000
+    http_timeout: float = 30.0
     log_level: str = "INFO"
     log_format: str = "text"
     # Processes serving the same ports (SO_REUSEPORT): the pipeline is CPU-bound Python, so one

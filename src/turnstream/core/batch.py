@@ -4,6 +4,7 @@ stream offset the same transaction must advance (no I/O)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from turnstream.core.rows import Row
 
@@ -30,6 +31,11 @@ class WriteBatch:
     derived_executions: list[Row] = field(default_factory=list)
     rejected: list[Row] = field(default_factory=list)
     stream: StreamAdvance | None = None
+    # The door the rows came through, and per kind the pipeline Item each row was built from
+    # (same positions as `rows`): if the database refuses a row, the writer dead-letters it
+    # with `core.deadletter.storage_failure` and the door answers it by the item's index.
+    door: str = ""
+    sources: dict[str, list[Any]] = field(default_factory=lambda: {k: [] for k in KINDS})
 
     def size(self) -> int:
         return sum(len(r) for r in self.rows.values()) + len(self.rejected)
@@ -44,8 +50,19 @@ class KindCounts:
     unchanged: int = 0
 
 
+@dataclass(slots=True, frozen=True)
+class FailedRow:
+    """A row the database refused although it passed validation (a poison row): it was stored
+    as a dead letter instead, and the rest of its batch was committed without it."""
+
+    kind: str
+    position: int  # index into WriteBatch.rows[kind] / WriteBatch.sources[kind]
+    description: str  # one sentence for the caller; never a driver's class name
+
+
 @dataclass(slots=True)
 class BatchOutcome:
     """The writer's answer for one batch, given after its transaction committed."""
 
     counts: dict[str, KindCounts] = field(default_factory=lambda: {k: KindCounts() for k in KINDS})
+    failed: list[FailedRow] = field(default_factory=list)

@@ -11,8 +11,8 @@ from typing import Any, TypeAlias
 from google.protobuf.message import Message
 from google.rpc.error_details_pb2 import BadRequest
 
-from turnstream.core import enrich, rows, validate
-from turnstream.core.batch import StreamAdvance, WriteBatch
+from turnstream.core import deadletter, enrich, rows, validate
+from turnstream.core.batch import BatchOutcome, StreamAdvance, WriteBatch
 from turnstream.core.pricing import PriceTable
 from turnstream.v1 import ingest_pb2, records_pb2
 
@@ -88,7 +88,7 @@ class Pipeline:
         stream: StreamAdvance | None = None,
     ) -> Prepared:
         now = self.clock()
-        prepared = Prepared(WriteBatch(tenant_id, stream=stream))
+        prepared = Prepared(WriteBatch(tenant_id, stream=stream, door=door))
         spans: dict[str, list[dt.datetime | None]] = {}
         for item in items:
             kind = KINDS[item.kind]
@@ -107,6 +107,7 @@ class Pipeline:
                 enrich.enrich_execution(item.message)
             row = kind.row(tenant_id, item.message)
             prepared.batch.rows[item.kind].append(row)
+            prepared.batch.sources[item.kind].append(item)
             prepared.accepted.append(item)
             if item.kind != "execution":
                 _widen(spans, row)
@@ -131,23 +132,18 @@ class Pipeline:
         prepared.rejections.append(
             ingest_pb2.RecordRejection(kind=kind.enum, index=item.index, violations=violations)  # type: ignore[arg-type]
         )
-        batch = prepared.batch
+        stream = prepared.batch.stream
         prepared.batch.rejected.append(
-            {
-                "tenant_id": tenant_id,
-                "rejected_id": rows.rejected_id(door, item.kind, item.message),
-                "door": door,
-                "kind": item.kind,
-                "execution_id": (item.message.execution_id or None),
-                "stream_id": batch.stream.stream_id if batch.stream else None,
-                "stream_offset": item.offset,
-                "payload": rows.payload_json(item.message),
-                "violations": [
-                    {"field": v.field, "description": v.description, "reason": v.reason}
-                    for v in violations
-                ],
-                "received_at": now,
-            }
+            deadletter.for_record(
+                tenant_id=tenant_id,
+                door=door,
+                kind=item.kind,
+                message=item.message,
+                violations=violations,
+                received_at=now,
+                stream_id=stream.stream_id if stream else None,
+                stream_offset=item.offset,
+            )
         )
 
     def prepare_write(
@@ -193,6 +189,33 @@ class Pipeline:
                 )
             )
         return self.prepare(tenant_id, door, items, stream=stream), empty
+
+
+def answer_failures(prepared: Prepared, outcome: BatchOutcome) -> None:
+    """Rows the database refused after validation (the writer dead-lettered them) become
+    rejections of their records, like any invalid record, and leave `accepted`."""
+    if not outcome.failed:
+        return
+    batch = prepared.batch
+    failed_items = set()
+    for failure in outcome.failed:
+        item = batch.sources[failure.kind][failure.position]
+        failed_items.add(id(item))
+        prepared.rejections.append(
+            ingest_pb2.RecordRejection(
+                kind=KINDS[item.kind].enum,  # type: ignore[arg-type]
+                index=item.index,
+                violations=[
+                    FieldViolation(
+                        field=item.path,
+                        description=failure.description,
+                        reason=deadletter.STORAGE_REJECTED,
+                    )
+                ],
+            )
+        )
+    prepared.accepted = [i for i in prepared.accepted if id(i) not in failed_items]
+    prepared.rejections.sort(key=lambda r: (r.kind, r.index))
 
 
 def write_items(request: ingest_pb2.WriteRequest) -> list[Item]:

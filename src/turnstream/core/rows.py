@@ -7,7 +7,6 @@ the writer merges. This is the one place where messages become rows.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +14,7 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
+from turnstream.core import deadletter
 from turnstream.v1 import records_pb2
 
 Row = dict[str, Any]
@@ -22,19 +22,8 @@ Row = dict[str, Any]
 _STATUS_PREFIX = {"TaskStatus": "TASK_STATUS_", "ExecutionStatus": "EXECUTION_STATUS_"}
 
 
-def _clean(text: str) -> str:
-    # PostgreSQL text and jsonb refuse NUL; keep the record rather than fail the transaction.
-    return text.replace("\x00", "\ufffd") if "\x00" in text else text
-
-
-def _clean_json(value: Any) -> Any:
-    if isinstance(value, str):
-        return _clean(value)
-    if isinstance(value, dict):
-        return {_clean(k): _clean_json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_clean_json(v) for v in value]
-    return value
+_clean = deadletter.clean_text
+_clean_json = deadletter.clean_json
 
 
 def enum_word(field: FieldDescriptor, number: int) -> str | None:
@@ -99,8 +88,7 @@ def _row(plan: _Plan, msg: Message, tenant_id: str) -> Row:
     return row
 
 
-def _digest(*parts: str) -> str:
-    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
+_digest = deadletter.digest
 
 
 def turn_key(turn: records_pb2.Turn) -> str:
@@ -144,15 +132,3 @@ def task_row(tenant_id: str, task: records_pb2.Task) -> Row:
 
 def execution_row(tenant_id: str, execution: records_pb2.Execution) -> Row:
     return _row(_EXECUTION, execution, tenant_id)
-
-
-def payload_json(msg: Message) -> dict[str, Any]:
-    """The raw record as JSON for the dead-letter table, field names as in the proto."""
-    return _clean_json(  # type: ignore[no-any-return]
-        json_format.MessageToDict(msg, preserving_proto_field_name=True)
-    )
-
-
-def rejected_id(door: str, kind: str, msg: Message) -> str:
-    """Same door, kind and bytes -> same id, so a retried invalid record is kept once."""
-    return _digest(door, kind, msg.SerializeToString(deterministic=True).hex())

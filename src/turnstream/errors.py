@@ -4,6 +4,8 @@ The gRPC doors send it with abort_with_status; the REST gateway maps the same St
 
 from __future__ import annotations
 
+import logging
+import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -74,5 +76,45 @@ def unavailable(message: str, retry_after: float) -> status_pb2.Status:
     return status(code_pb2.UNAVAILABLE, message, "STORE_UNAVAILABLE", retry_after=retry_after)
 
 
-def internal(message: str = "internal error; nothing was stored, retry later") -> status_pb2.Status:
-    return status(code_pb2.INTERNAL, message, "INTERNAL", retry_after=5.0)
+def malformed(what: str, problem: str) -> status_pb2.Status:
+    """Bytes that do not parse as the message the method takes: the caller's error, never
+    retried. `problem` is the parser's sentence (no exception class names)."""
+    return status(
+        code_pb2.INVALID_ARGUMENT,
+        f"the request is not a valid {what}: {problem}",
+        "MALFORMED_REQUEST",
+        metadata={"message": what},
+        violations=[FieldViolation(field="", description=problem, reason="MALFORMED_REQUEST")],
+    )
+
+
+def too_large(field: str, limit: int, got: int, unit: str) -> status_pb2.Status:
+    """A request over a documented limit (RESOURCE_EXHAUSTED, not retried as it is)."""
+    description = f"{field} has {got:,} {unit}, more than the limit of {limit:,}; split it"
+    return status(
+        code_pb2.RESOURCE_EXHAUSTED,
+        description,
+        "REQUEST_TOO_LARGE",
+        metadata={"field": field, "limit": str(limit)},
+        violations=[FieldViolation(field=field, description=description, reason="TOO_LARGE")],
+    )
+
+
+def internal(incident: str) -> status_pb2.Status:
+    """An unexpected server error: the caller gets the incident id the log carries."""
+    return status(
+        code_pb2.INTERNAL,
+        f"unexpected server error (incident {incident}); it is logged under that id. "
+        "Retry; if it repeats, report the id",
+        "INTERNAL",
+        metadata={"incident": incident},
+        retry_after=5.0,
+    )
+
+
+def unexpected(log: logging.Logger, what: str) -> status_pb2.Status:
+    """Log the exception being handled under a new incident id; the status to answer with.
+    Call from an `except` block."""
+    incident = uuid.uuid4().hex[:12]
+    log.exception("%s failed (incident %s)", what, incident)
+    return internal(incident)

@@ -26,6 +26,7 @@ from starlette.routing import Route
 from turnstream.config import Settings, split_addr
 from turnstream.core.pipeline import Pipeline
 from turnstream.core.pricing import PriceTable
+from turnstream.doors.grpc_guard import add_guarded
 from turnstream.doors.grpc_ingest import IngestServicer
 from turnstream.doors.grpc_stream import StreamDoor
 from turnstream.store.engine import create_engine, migrate
@@ -43,7 +44,6 @@ GRPC_OPTIONS = [
     ("grpc.keepalive_timeout_ms", 20_000),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
 ]
 
 
@@ -79,8 +79,17 @@ class Server:
 
         # Without --workers a second server on the same port must fail, not silently share it.
         reuse = [("grpc.so_reuseport", 1 if s.reuse_port else 0)]
-        self._grpc = grpc.aio.server(options=GRPC_OPTIONS + reuse)
-        ingest_pb2_grpc.add_IngestServiceServicer_to_server(servicer, self._grpc)
+        sizes = [
+            ("grpc.max_receive_message_length", s.max_message_bytes),
+            ("grpc.max_send_message_length", s.max_message_bytes),
+        ]
+        self._grpc = grpc.aio.server(options=GRPC_OPTIONS + sizes + reuse)
+        add_guarded(
+            ingest_pb2_grpc.add_IngestServiceServicer_to_server,
+            servicer,
+            self._grpc,
+            servicer.malformed,
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         reflection.enable_server_reflection(
             [

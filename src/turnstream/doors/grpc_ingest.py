@@ -12,8 +12,10 @@ from google.rpc import status_pb2
 from grpc_status import rpc_status
 
 from turnstream import errors
-from turnstream.core.batch import BatchOutcome, KindCounts
-from turnstream.core.pipeline import KINDS, Item, Pipeline, Prepared
+from turnstream.core import deadletter
+from turnstream.core.batch import BatchOutcome, KindCounts, WriteBatch
+from turnstream.core.pipeline import KINDS, FieldViolation, Item, Pipeline, Prepared
+from turnstream.doors.grpc_guard import Malformed
 from turnstream.store.writer import StoreUnavailable, Writer
 from turnstream.v1 import ingest_pb2, ingest_pb2_grpc
 
@@ -44,8 +46,7 @@ async def store(
     except StoreUnavailable as exc:
         await abort(context, errors.unavailable(str(exc), exc.retry_after))
     except Exception:
-        log.exception("storing a batch failed")
-        await abort(context, errors.internal())
+        await abort(context, errors.unexpected(log, "storing a batch"))
 
 
 def _counts(k: KindCounts, rejected: int) -> ingest_pb2.RecordCounts:
@@ -95,6 +96,28 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self.writer = writer
         self.streaming = streaming
         self.tenant_of = tenant_of
+
+    async def malformed(
+        self, method: str, bad: Malformed, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
+        """A request whose bytes do not parse: kept whole as a dead letter (nothing is lost,
+        not even bad input), then answered INVALID_ARGUMENT."""
+        tenant = self.tenant_of(context)
+        door = "grpc." + method.rsplit("/", 1)[-1]
+        violation = FieldViolation(field="", description=bad.problem, reason="MALFORMED_REQUEST")
+        batch = WriteBatch(tenant, door=door)
+        batch.rejected.append(
+            deadletter.unparsed(
+                tenant_id=tenant,
+                door=door,
+                kind="request",
+                body=bad.data,
+                violations=[violation],
+                received_at=self.pipeline.clock(),
+            )
+        )
+        await store(self.writer, Prepared(batch), context)
+        await abort(context, errors.malformed(bad.message_name, bad.problem))
 
     async def Write(
         self, request: ingest_pb2.WriteRequest, context: grpc.aio.ServicerContext[Any, Any]

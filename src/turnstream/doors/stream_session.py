@@ -129,8 +129,7 @@ class Session:
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("Append on stream %r failed", self.stream_id)
-            status = errors.internal()
+            status = errors.unexpected(log, f"Append on stream {self.stream_id!r}")
         finally:
             self._close()
         if status is not None:
@@ -199,8 +198,7 @@ class Session:
                 except StreamConflict as exc:
                     return self._conflict(exc)
                 except Exception:
-                    log.exception("storing a batch of stream %r failed", self.stream_id)
-                    return errors.internal()
+                    return errors.unexpected(log, f"storing a batch of stream {self.stream_id!r}")
             self.committed_offset = slot.ack.committed_offset
             await self._send(ingest_pb2.AppendResponse(ack=slot.ack))
             self._unanswered -= 1
@@ -271,8 +269,8 @@ class Session:
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("reading Append stream %r failed", self.stream_id)
-            self._slots.put_nowait(_End(errors.internal()))
+            problem = errors.unexpected(log, f"reading Append stream {self.stream_id!r}")
+            self._slots.put_nowait(_End(problem))
 
     async def _has_room(self) -> bool:
         """Wait while the window is full: not reading lets HTTP/2 flow control slow the client."""

@@ -1,0 +1,116 @@
+"""Door: bytes that do not parse as the request a method takes (garbage, truncated, a wrong wire
+type, a Struct nested past the parser's limit) are the caller's error. grpc answers a failed
+deserializer with a bare UNKNOWN/INTERNAL; here every method's deserializer is wrapped so that it
+returns a `Malformed` marker instead, and the servicer answers INVALID_ARGUMENT naming the problem.
+
+The wrapping happens once, when the handlers are registered: no per-call interceptor cost.
+Unary methods never see the marker (the guard answers for them); a streaming method reads it from
+`context.read()` and decides itself (Append ends the call with INVALID_ARGUMENT).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    """A request message that did not parse: its bytes and the parser's sentence."""
+
+    data: bytes
+    problem: str
+    message_name: str
+
+
+_PREFIX = re.compile(r"^Error parsing message( with type '[^']*')?:?\s*")
+
+# (method's full name, the marker, context) -> awaitable that ends the call (it must abort)
+OnMalformed = Callable[[str, Malformed, Any], Awaitable[None]]
+
+
+def parse_problem(exc: BaseException) -> str:
+    """The parser's own sentence, without Python class names."""
+    text = _PREFIX.sub("", str(exc).strip())  # the caller's message names the type already
+    return text.rstrip(".") or "the bytes are not a valid protobuf encoding"
+
+
+def _safe(deserializer: Callable[[bytes], Any], name: str) -> Callable[[bytes], Any]:
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:  # DecodeError, RecursionError from nesting, anything else
+            return Malformed(data, parse_problem(exc), name)
+
+    return deserialize
+
+
+def _message_name(deserializer: Any) -> str:
+    # Generated stubs pass `Message.FromString`; its class names the message.
+    owner = getattr(deserializer, "__self__", None)
+    descriptor = getattr(owner, "DESCRIPTOR", None)
+    return str(getattr(descriptor, "full_name", "request message"))
+
+
+def _guard_unary(method: str, behavior: Any, on_malformed: OnMalformed) -> Any:
+    async def guarded(request: Any, context: Any) -> Any:
+        if isinstance(request, Malformed):
+            await on_malformed(method, request, context)
+            raise AssertionError("on_malformed must abort the call")
+        return await behavior(request, context)
+
+    return guarded
+
+
+def guard(method: str, handler: Any, on_malformed: OnMalformed) -> Any:
+    """The same RpcMethodHandler with a deserializer that cannot raise."""
+    deserializer = handler.request_deserializer
+    if deserializer is None:
+        return handler
+    name = _message_name(deserializer)
+    replaced = {"request_deserializer": _safe(deserializer, name)}
+    if handler.unary_unary is not None:
+        replaced["unary_unary"] = _guard_unary(method, handler.unary_unary, on_malformed)
+    if handler.unary_stream is not None:
+        replaced["unary_stream"] = _guard_unary(method, handler.unary_stream, on_malformed)
+    return handler._replace(**replaced)
+
+
+class _Capture:
+    """Stands in for a server while a generated add_*_to_server registers its handlers."""
+
+    def __init__(self) -> None:
+        self.service = ""
+        self.handlers: dict[str, Any] = {}
+
+    def add_generic_rpc_handlers(self, _handlers: Any) -> None:
+        pass  # the same handlers arrive in add_registered_method_handlers
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
+        self.service = service
+        self.handlers = handlers
+
+
+def add_guarded(
+    add_to_server: Callable[[Any, Any], None],
+    servicer: Any,
+    server: grpc.aio.Server,
+    on_malformed: OnMalformed,
+) -> None:
+    """`add_FooServicer_to_server(servicer, server)`, with every method guarded."""
+    capture = _Capture()
+    add_to_server(servicer, capture)
+    if not capture.service:
+        raise RuntimeError(f"{add_to_server.__name__} registered no service")
+    handlers = {
+        method: guard(f"/{capture.service}/{method}", handler, on_malformed)
+        for method, handler in capture.handlers.items()
+    }
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(capture.service, handlers),)
+    )
+    server.add_registered_method_handlers(capture.service, handlers)

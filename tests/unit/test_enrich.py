@@ -262,3 +262,28 @@ def test_tool_output_size_needs_an_output() -> None:
     empty = records_pb2.ToolCall(tool_output="")
     enrich_tool_call(empty)
     assert empty.HasField("tool_output_size") and empty.tool_output_size == 0
+
+
+@pytest.mark.parametrize(
+    ("completed", "error", "status"),
+    [
+        (True, "", records_pb2.TASK_STATUS_COMPLETED),
+        (True, "boom", records_pb2.TASK_STATUS_FAILED),
+        (False, "boom", records_pb2.TASK_STATUS_UNSPECIFIED),
+    ],
+)
+def test_an_ended_task_without_status_gets_one(completed: bool, error: str, status: int) -> None:
+    task = records_pb2.Task(execution_id="e", task_description="d", error_message=error)
+    if completed:
+        task.completed_at.FromDatetime(dt.datetime(2026, 11, 1, tzinfo=dt.UTC))
+    enrich_task(task)
+    assert task.status == status
+
+
+def test_a_sent_task_status_is_never_overridden() -> None:
+    task = records_pb2.Task(
+        execution_id="e", task_description="d", status=records_pb2.TASK_STATUS_RUNNING
+    )
+    task.completed_at.FromDatetime(dt.datetime(2026, 11, 1, tzinfo=dt.UTC))
+    enrich_task(task)
+    assert task.status == records_pb2.TASK_STATUS_RUNNING

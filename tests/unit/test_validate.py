@@ -330,3 +330,63 @@ def test_every_violation_of_a_record_is_reported_at_once() -> None:
             ("turns[7].metrics", "TOO_LARGE"),
         ]
     )
+
+
+def _nest(depth: int) -> records_pb2.Turn:
+    """A turn whose metrics nest `depth` Struct levels (metrics itself is level 1)."""
+    t = good_turn()
+    inner = t.metrics
+    for _ in range(depth - 1):
+        inner = inner.fields["k"].struct_value
+    inner.fields["leaf"].number_value = 1
+    return t
+
+
+def test_struct_nesting_is_limited_with_the_deepest_path() -> None:
+    assert check(_nest(validate.MAX_STRUCT_DEPTH)) == []
+    problems = check(_nest(validate.MAX_STRUCT_DEPTH + 1))
+    assert problems == [("r.metrics" + ".k" * validate.MAX_STRUCT_DEPTH, "TOO_DEEP")]
+
+
+def test_lists_count_as_a_level_of_nesting() -> None:
+    t = good_turn()
+    value = t.metrics.fields["a"]
+    for _ in range(validate.MAX_STRUCT_DEPTH):
+        value = value.list_value.values.add()
+    value.number_value = 1
+    assert [reason for _, reason in check(t)] == ["TOO_DEEP"]
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_non_finite_numbers_inside_a_struct_name_their_path(value: float) -> None:
+    call = good_call()
+    call.tool_input.update({"args": {"scores": [1.0, value]}, "weird key": value})
+    assert sorted(check(call, "tool_calls[2]")) == [
+        ("tool_calls[2].tool_input.args.scores[1]", "NOT_FINITE"),
+        ("tool_calls[2].tool_input['weird key']", "NOT_FINITE"),
+    ]
+
+
+def test_a_value_with_no_kind_is_reported_not_stored_as_null() -> None:
+    t = good_turn()
+    t.metrics.fields["latency"].SetInParent()  # what protobufjs sends for {number_value: 1}
+    t.metrics.fields["ok"].null_value = 0  # an explicit null is fine
+    [(field, reason)] = check(t)
+    assert (field, reason) == ("r.metrics.latency", "VALUE_EMPTY")
+
+
+def test_a_struct_with_many_problems_lists_the_first_ten_and_counts_the_rest() -> None:
+    t = good_turn()
+    for i in range(15):
+        t.metrics.fields[f"k{i}"].number_value = math.nan
+    problems = check(t)
+    assert len(problems) == validate.MAX_STRUCT_VIOLATIONS + 1
+    assert problems[-1] == ("r.metrics", "TOO_MANY_PROBLEMS")
+
+
+def test_derived_values_that_overflow_are_violations() -> None:
+    t = good_turn()
+    t.input_cost, t.output_cost, t.total_cost = 1e308, 1e308, math.inf
+    assert validate.check_derived(t, "turns[0]")[0].field == "turns[0].total_cost"
+    t.total_cost = 1.0
+    assert validate.check_derived(t, "turns[0]") == []

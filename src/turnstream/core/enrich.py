@@ -88,8 +88,16 @@ def enrich_tool_call(call: records_pb2.ToolCall) -> None:
 
 
 def enrich_task(task: records_pb2.Task) -> None:
-    """Derive the duration of one task."""
+    """Derive the duration of one task, and its status when the worker left it unspecified
+    but the task plainly ended: `completed_at` set means completed, or failed when it carries
+    an error_message. (Otherwise UNSPECIFIED stays absent: keep what is stored.)"""
     _derive_duration(task)
+    if task.status == records_pb2.TASK_STATUS_UNSPECIFIED and task.HasField("completed_at"):
+        task.status = (
+            records_pb2.TASK_STATUS_FAILED
+            if task.error_message
+            else records_pb2.TASK_STATUS_COMPLETED
+        )
 
 
 def enrich_execution(execution: records_pb2.Execution) -> None:

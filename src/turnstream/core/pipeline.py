@@ -97,8 +97,13 @@ class Pipeline:
                 self._reject(prepared, tenant_id, door, item, violations, now)
                 continue
             if item.kind == "turn":
-                if not enrich.enrich_turn(item.message, self.prices):
-                    prepared.unpriced += 1
+                unpriced = not enrich.enrich_turn(item.message, self.prices)
+                # Only turns derive floats (costs, AEM) that valid inputs could overflow.
+                violations = validate.check_derived(item.message, item.path)
+                if violations:
+                    self._reject(prepared, tenant_id, door, item, violations, now)
+                    continue
+                prepared.unpriced += unpriced
             elif item.kind == "tool_call":
                 enrich.enrich_tool_call(item.message)
             elif item.kind == "task":

@@ -13,7 +13,7 @@ import datetime as dt
 import math
 import re
 from collections.abc import Container, Iterable
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
@@ -36,6 +36,12 @@ MAX_TEXT_LENGTH = 100_000
 MAX_TOOL_NAMES = 1_000
 MAX_TOOL_NAME_LENGTH = 256
 MAX_STRUCT_BYTES = 64 * 1024
+# Levels of nesting inside a Struct (the Struct itself is level 1). JSON printers and parsers on
+# every side have recursion limits (protobuf's own parser stops at 100 message levels, about 50
+# Struct levels); 32 is deeper than any real metrics or tool input.
+MAX_STRUCT_DEPTH = 32
+# A Struct with many problems reports the first few: enough to fix it, not a megabyte of answer.
+MAX_STRUCT_VIOLATIONS = 10
 
 # Timestamps before this are a unit mistake (seconds sent as milliseconds / 1000, or zero).
 EARLIEST_TIME = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
@@ -82,6 +88,7 @@ _NUMBER_TYPES = frozenset(
         FieldDescriptor.CPPTYPE_FLOAT,
     }
 )
+_PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TIMESTAMP = Timestamp.DESCRIPTOR.full_name
 _STRUCT = "google.protobuf.Struct"
 _MAX_NANOS = 999_999_999
@@ -287,6 +294,72 @@ def _check_struct(name: str, value: Message, report: _Report) -> None:
             "TOO_LARGE",
             f"{name} must be at most {MAX_STRUCT_BYTES:,} bytes serialized, got {size:,}",
         )
+        return
+    problems: list[tuple[str, str, str]] = []
+    _walk_struct(value, name, 1, problems)
+    for path, reason, description in problems[:MAX_STRUCT_VIOLATIONS]:
+        report.add(path, reason, description)
+    if len(problems) > MAX_STRUCT_VIOLATIONS:
+        more = len(problems) - MAX_STRUCT_VIOLATIONS
+        report.add(name, "TOO_MANY_PROBLEMS", f"{name} has {more} more problems not listed")
+
+
+def _walk_struct(struct: Any, path: str, depth: int, out: list[tuple[str, str, str]]) -> None:
+    """Struct values JSON and the databases cannot hold: NaN and Infinity (strict JSON and
+    jsonb have no spelling for them), a Value with no kind set (a client that built it wrong,
+    e.g. protobufjs given snake_case `number_value`: storing null would lose data silently),
+    and nesting beyond MAX_STRUCT_DEPTH."""
+    if depth > MAX_STRUCT_DEPTH:
+        out.append((path, "TOO_DEEP", f"{path} is nested more than {MAX_STRUCT_DEPTH} levels deep"))
+        return
+    for key, value in struct.fields.items():
+        _walk_value(
+            value, f"{path}.{key}" if _PLAIN_KEY.match(key) else f"{path}[{key!r}]", depth, out
+        )
+
+
+def _walk_value(value: Any, path: str, depth: int, out: list[tuple[str, str, str]]) -> None:
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        if not math.isfinite(value.number_value):
+            out.append(
+                (path, "NOT_FINITE", f"{path} must be a finite number, got {value.number_value}")
+            )
+    elif kind == "struct_value":
+        _walk_struct(value.struct_value, path, depth + 1, out)
+    elif kind == "list_value":
+        if depth + 1 > MAX_STRUCT_DEPTH:
+            out.append(
+                (path, "TOO_DEEP", f"{path} is nested more than {MAX_STRUCT_DEPTH} levels deep")
+            )
+            return
+        for i, item in enumerate(value.list_value.values):
+            _walk_value(item, f"{path}[{i}]", depth + 1, out)
+    elif kind is None:
+        out.append(
+            (
+                path,
+                "VALUE_EMPTY",
+                f"{path} is a google.protobuf.Value with no kind set; set one of null_value, "
+                "number_value, string_value, bool_value, struct_value, list_value "
+                "(protobufjs: see docs/clients.md)",
+            )
+        )
+
+
+def check_derived(message: Message, path: str) -> list[FieldViolation]:
+    """After enrichment: a value derived from valid inputs that is not finite (costs of 1e308
+    each summing to inf, runtime x weight beyond float range) cannot be stored or summed."""
+    report = _Report(path)
+    for field, value in message.ListFields():
+        if isinstance(value, float) and not math.isfinite(value):
+            report.add(
+                field.name,
+                "DERIVED_NOT_FINITE",
+                f"{field.name} derived from this record's values is {value}: the numbers it is "
+                "computed from are too large",
+            )
+    return report.violations
 
 
 def _check_order(message: Message, report: _Report) -> None:

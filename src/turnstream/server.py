@@ -26,6 +26,7 @@ from starlette.routing import Route
 from turnstream.config import Settings, split_addr
 from turnstream.core.pipeline import Pipeline
 from turnstream.core.pricing import PriceTable
+from turnstream.doors.admission import Admission
 from turnstream.doors.grpc_guard import add_guarded
 from turnstream.doors.grpc_ingest import IngestServicer
 from turnstream.doors.grpc_stream import StreamDoor
@@ -75,7 +76,13 @@ class Server:
         await self.writer.start()
         pipeline = Pipeline(prices)
         self._streaming = StreamDoor(pipeline, self.writer, s)
-        servicer = IngestServicer(pipeline, self.writer, self._streaming)
+        servicer = IngestServicer(
+            pipeline,
+            self.writer,
+            self._streaming,
+            admission=Admission(s.max_inflight_bytes),
+            max_request_records=s.max_request_records,
+        )
 
         # Without --workers a second server on the same port must fail, not silently share it.
         reuse = [("grpc.so_reuseport", 1 if s.reuse_port else 0)]

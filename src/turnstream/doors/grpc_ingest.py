@@ -14,7 +14,16 @@ from grpc_status import rpc_status
 from turnstream import errors
 from turnstream.core import deadletter
 from turnstream.core.batch import BatchOutcome, KindCounts, WriteBatch
-from turnstream.core.pipeline import KINDS, FieldViolation, Item, Pipeline, Prepared
+from turnstream.core.pipeline import (
+    KINDS,
+    FieldViolation,
+    Item,
+    Pipeline,
+    Prepared,
+    answer_failures,
+    write_items,
+)
+from turnstream.doors.admission import Admission
 from turnstream.doors.grpc_guard import Malformed
 from turnstream.store.writer import StoreUnavailable, Writer
 from turnstream.v1 import ingest_pb2, ingest_pb2_grpc
@@ -23,6 +32,14 @@ if TYPE_CHECKING:  # grpc_stream imports abort() from here
     from turnstream.doors.grpc_stream import StreamDoor
 
 log = logging.getLogger(__name__)
+
+# A large Write is prepared and stored this many records at a time: the event loop is never held
+# for more than a few milliseconds (other callers' latency), rows exist for one chunk at a time
+# (memory), and each chunk commits in its own transaction, interleaved with other callers'. A
+# Write was never atomic (partial success), and a retry after a failure half-way merges.
+CHUNK_RECORDS = 500
+DEFAULT_MAX_INFLIGHT_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_REQUEST_RECORDS = 100_000
 
 TenantOf = Callable[[grpc.aio.ServicerContext[Any, Any]], str]
 
@@ -77,9 +94,17 @@ def write_response(prepared: Prepared, outcome: BatchOutcome) -> ingest_pb2.Writ
             executions=per["execution"],
             unpriced_turns=prepared.unpriced,
         ),
-        rejections=prepared.rejections,
+        rejections=sorted(prepared.rejections, key=lambda r: (r.kind, r.index)),
         execution_id=ids.pop() if len(ids) == 1 else "",
     )
+
+
+def _add(total: BatchOutcome, part: BatchOutcome) -> None:
+    for kind, counts in part.counts.items():
+        into = total.counts[kind]
+        into.created += counts.created
+        into.updated += counts.updated
+        into.unchanged += counts.unchanged
 
 
 class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
@@ -91,11 +116,16 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         writer: Writer,
         streaming: StreamDoor,
         tenant_of: TenantOf = default_tenant,
+        *,
+        admission: Admission | None = None,
+        max_request_records: int = DEFAULT_MAX_REQUEST_RECORDS,
     ):
         self.pipeline = pipeline
         self.writer = writer
         self.streaming = streaming
         self.tenant_of = tenant_of
+        self.admission = admission or Admission(DEFAULT_MAX_INFLIGHT_BYTES)
+        self.max_request_records = max_request_records
 
     async def malformed(
         self, method: str, bad: Malformed, context: grpc.aio.ServicerContext[Any, Any]
@@ -122,9 +152,26 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     async def Write(
         self, request: ingest_pb2.WriteRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> ingest_pb2.WriteResponse:
-        prepared = self.pipeline.prepare_write(request, self.tenant_of(context), "grpc.Write")
-        outcome = await store(self.writer, prepared, context)
-        return write_response(prepared, outcome)
+        items = write_items(request)
+        if len(items) > self.max_request_records:
+            await abort(
+                context,
+                errors.too_large("records", self.max_request_records, len(items), "records"),
+            )
+        tenant = self.tenant_of(context)
+        async with self.admission.admit(request.ByteSize()):
+            total, outcome = Prepared(WriteBatch(tenant)), BatchOutcome()
+            for start in range(0, max(len(items), 1), CHUNK_RECORDS):
+                prepared = self.pipeline.prepare(
+                    tenant, "grpc.Write", items[start : start + CHUNK_RECORDS]
+                )
+                part = await store(self.writer, prepared, context)
+                answer_failures(prepared, part)
+                _add(outcome, part)
+                total.rejections += prepared.rejections
+                total.accepted += prepared.accepted
+                total.unpriced += prepared.unpriced
+        return write_response(total, outcome)
 
     async def _create(
         self, kind: str, record: Any, context: grpc.aio.ServicerContext[Any, Any], door: str
@@ -133,7 +180,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             self.tenant_of(context), door, [Item(kind, record, kind, 0)]
         )
         # The dead letter is stored before the client hears INVALID_ARGUMENT: nothing is lost.
-        await store(self.writer, prepared, context)
+        answer_failures(prepared, await store(self.writer, prepared, context))
         if prepared.rejections:
             await abort(context, errors.invalid_record(kind, prepared.rejections[0].violations))
         return record

@@ -80,7 +80,6 @@ class Server:
             pipeline,
             self.writer,
             self._streaming,
-            admission=Admission(s.max_inflight_bytes),
             max_request_records=s.max_request_records,
         )
 
@@ -96,6 +95,7 @@ class Server:
             servicer,
             self._grpc,
             servicer.malformed,
+            Admission(s.max_inflight_bytes),
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         reflection.enable_server_reflection(

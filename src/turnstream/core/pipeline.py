@@ -4,7 +4,7 @@ calls (no I/O). Invalid records become rejections and dead-letter rows, never ex
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
@@ -224,12 +224,27 @@ def answer_failures(prepared: Prepared, outcome: BatchOutcome) -> None:
 
 
 def write_items(request: ingest_pb2.WriteRequest) -> list[Item]:
+    return list(iter_write_items(request))
+
+
+def count_write_items(request: ingest_pb2.WriteRequest) -> int:
+    return (
+        request.HasField("execution")
+        + len(request.turns)
+        + len(request.tool_calls)
+        + len(request.tasks)
+    )
+
+
+def iter_write_items(request: ingest_pb2.WriteRequest) -> Iterator[Item]:
+    """The records of a Write in order (execution, turns, tool calls, tasks), made as they are
+    consumed: a large Write is walked a chunk at a time. The request's execution_id fills
+    records that left theirs empty."""
     default = request.execution_id
-    items: list[Item] = []
     if request.HasField("execution"):
         if default and not request.execution.execution_id:
             request.execution.execution_id = default
-        items.append(Item("execution", request.execution, "execution", 0))
+        yield Item("execution", request.execution, "execution", 0)
     lists: tuple[tuple[str, str, Sequence[Message]], ...] = (
         ("turn", "turns", request.turns),
         ("tool_call", "tool_calls", request.tool_calls),
@@ -239,8 +254,7 @@ def write_items(request: ingest_pb2.WriteRequest) -> list[Item]:
         for i, msg in enumerate(messages):
             if default and not msg.execution_id:  # type: ignore[attr-defined]
                 msg.execution_id = default  # type: ignore[attr-defined]
-            items.append(Item(kind, msg, f"{name}[{i}]", i))
-    return items
+            yield Item(kind, msg, f"{name}[{i}]", i)
 
 
 def _widen(spans: dict[str, list[dt.datetime | None]], row: rows.Row) -> None:

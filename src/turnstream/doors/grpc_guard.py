@@ -6,6 +6,10 @@ returns a `Malformed` marker instead, and the servicer answers INVALID_ARGUMENT 
 The wrapping happens once, when the handlers are registered: no per-call interceptor cost.
 Unary methods never see the marker (the guard answers for them); a streaming method reads it from
 `context.read()` and decides itself (Append ends the call with INVALID_ARGUMENT).
+
+Unary requests are also *admitted* here, before they are parsed: their bytes wait in the
+process-wide `Admission` budget, and only admitted requests are parsed and prepared, so ten
+16 MiB Writes at once hold their wire bytes, not ten parsed messages and their rows.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+
+from turnstream.doors.admission import Admission
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,28 +62,43 @@ def _message_name(deserializer: Any) -> str:
     return str(getattr(descriptor, "full_name", "request message"))
 
 
-def _guard_unary(method: str, behavior: Any, on_malformed: OnMalformed) -> Any:
-    async def guarded(request: Any, context: Any) -> Any:
-        if isinstance(request, Malformed):
-            await on_malformed(method, request, context)
-            raise AssertionError("on_malformed must abort the call")
-        return await behavior(request, context)
+def _guard_unary(
+    method: str,
+    behavior: Any,
+    parse: Callable[[bytes], Any],
+    on_malformed: OnMalformed,
+    admission: Admission,
+) -> Any:
+    async def guarded(data: bytes, context: Any) -> Any:
+        async with admission.admit(len(data)):
+            request = parse(data)
+            del data  # the parsed message is all that is needed from here on
+            if isinstance(request, Malformed):
+                await on_malformed(method, request, context)
+                raise AssertionError("on_malformed must abort the call")
+            return await behavior(request, context)
 
     return guarded
 
 
-def guard(method: str, handler: Any, on_malformed: OnMalformed) -> Any:
-    """The same RpcMethodHandler with a deserializer that cannot raise."""
+def _bytes(data: bytes) -> bytes:
+    return data
+
+
+def guard(method: str, handler: Any, on_malformed: OnMalformed, admission: Admission) -> Any:
+    """The same RpcMethodHandler with a deserializer that cannot raise; unary requests are
+    parsed only once admitted."""
     deserializer = handler.request_deserializer
     if deserializer is None:
         return handler
-    name = _message_name(deserializer)
-    replaced = {"request_deserializer": _safe(deserializer, name)}
+    safe = _safe(deserializer, _message_name(deserializer))
     if handler.unary_unary is not None:
-        replaced["unary_unary"] = _guard_unary(method, handler.unary_unary, on_malformed)
+        behavior = _guard_unary(method, handler.unary_unary, safe, on_malformed, admission)
+        return handler._replace(request_deserializer=_bytes, unary_unary=behavior)
     if handler.unary_stream is not None:
-        replaced["unary_stream"] = _guard_unary(method, handler.unary_stream, on_malformed)
-    return handler._replace(**replaced)
+        behavior = _guard_unary(method, handler.unary_stream, safe, on_malformed, admission)
+        return handler._replace(request_deserializer=_bytes, unary_stream=behavior)
+    return handler._replace(request_deserializer=safe)
 
 
 class _Capture:
@@ -100,6 +121,7 @@ def add_guarded(
     servicer: Any,
     server: grpc.aio.Server,
     on_malformed: OnMalformed,
+    admission: Admission,
 ) -> None:
     """`add_FooServicer_to_server(servicer, server)`, with every method guarded."""
     capture = _Capture()
@@ -107,7 +129,7 @@ def add_guarded(
     if not capture.service:
         raise RuntimeError(f"{add_to_server.__name__} registered no service")
     handlers = {
-        method: guard(f"/{capture.service}/{method}", handler, on_malformed)
+        method: guard(f"/{capture.service}/{method}", handler, on_malformed, admission)
         for method, handler in capture.handlers.items()
     }
     server.add_generic_rpc_handlers(

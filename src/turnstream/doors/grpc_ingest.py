@@ -3,6 +3,7 @@ validates and enriches, the writer stores; this module maps results and errors t
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -21,9 +22,9 @@ from turnstream.core.pipeline import (
     Pipeline,
     Prepared,
     answer_failures,
-    write_items,
+    count_write_items,
+    iter_write_items,
 )
-from turnstream.doors.admission import Admission
 from turnstream.doors.grpc_guard import Malformed
 from turnstream.store.writer import StoreUnavailable, Writer
 from turnstream.v1 import ingest_pb2, ingest_pb2_grpc
@@ -38,7 +39,6 @@ log = logging.getLogger(__name__)
 # (memory), and each chunk commits in its own transaction, interleaved with other callers'. A
 # Write was never atomic (partial success), and a retry after a failure half-way merges.
 CHUNK_RECORDS = 500
-DEFAULT_MAX_INFLIGHT_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_REQUEST_RECORDS = 100_000
 
 TenantOf = Callable[[grpc.aio.ServicerContext[Any, Any]], str]
@@ -117,14 +117,12 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         streaming: StreamDoor,
         tenant_of: TenantOf = default_tenant,
         *,
-        admission: Admission | None = None,
         max_request_records: int = DEFAULT_MAX_REQUEST_RECORDS,
     ):
         self.pipeline = pipeline
         self.writer = writer
         self.streaming = streaming
         self.tenant_of = tenant_of
-        self.admission = admission or Admission(DEFAULT_MAX_INFLIGHT_BYTES)
         self.max_request_records = max_request_records
 
     async def malformed(
@@ -152,25 +150,24 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     async def Write(
         self, request: ingest_pb2.WriteRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> ingest_pb2.WriteResponse:
-        items = write_items(request)
-        if len(items) > self.max_request_records:
+        count = count_write_items(request)
+        if count > self.max_request_records:
             await abort(
-                context,
-                errors.too_large("records", self.max_request_records, len(items), "records"),
+                context, errors.too_large("records", self.max_request_records, count, "records")
             )
         tenant = self.tenant_of(context)
-        async with self.admission.admit(request.ByteSize()):
-            total, outcome = Prepared(WriteBatch(tenant)), BatchOutcome()
-            for start in range(0, max(len(items), 1), CHUNK_RECORDS):
-                prepared = self.pipeline.prepare(
-                    tenant, "grpc.Write", items[start : start + CHUNK_RECORDS]
-                )
-                part = await store(self.writer, prepared, context)
-                answer_failures(prepared, part)
-                _add(outcome, part)
-                total.rejections += prepared.rejections
-                total.accepted += prepared.accepted
-                total.unpriced += prepared.unpriced
+        # The request was admitted (doors/grpc_guard.py) before it was parsed: bounded memory.
+        total, outcome = Prepared(WriteBatch(tenant)), BatchOutcome()
+        items = iter_write_items(request)
+        for _ in range(0, max(count, 1), CHUNK_RECORDS):
+            chunk = list(itertools.islice(items, CHUNK_RECORDS))
+            prepared = self.pipeline.prepare(tenant, "grpc.Write", chunk)
+            part = await store(self.writer, prepared, context)
+            answer_failures(prepared, part)
+            _add(outcome, part)
+            total.rejections += prepared.rejections
+            total.accepted += prepared.accepted
+            total.unpriced += prepared.unpriced
         return write_response(total, outcome)
 
     async def _create(

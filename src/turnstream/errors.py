@@ -1,21 +1,118 @@
 """Errors as clients see them: every failure a door reports is built here once, as a
 google.rpc.Status with one ErrorInfo (reason, domain) plus BadRequest or RetryInfo details.
-The gRPC doors send it with abort_with_status; the REST gateway maps the same Status to HTTP."""
+`FAILURES` is the one table of what each failure is on each transport: the gRPC doors send the
+Status with abort_with_status, the HTTP doors send `http_error(status)` (AIP-193 JSON, the
+table's HTTP status, Retry-After from RetryInfo). No door maps a failure by itself."""
 
 from __future__ import annotations
 
 import logging
 import uuid
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from google.protobuf import any_pb2, duration_pb2
+from google.protobuf import any_pb2, duration_pb2, json_format
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 DOMAIN = "turnstream.dev"
 
 # google.rpc ships no type stubs: violations are typed Any at our boundaries.
 FieldViolation = error_details_pb2.BadRequest.FieldViolation
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """One kind of failure: its gRPC code and its HTTP status."""
+
+    grpc_code: int
+    http_status: int
+
+
+FAILURES: dict[str, Failure] = {
+    # The caller's request: fix it, do not retry it as it is.
+    "INVALID_RECORD": Failure(code_pb2.INVALID_ARGUMENT, 400),
+    "INVALID_REQUEST": Failure(code_pb2.INVALID_ARGUMENT, 400),
+    "MALFORMED_REQUEST": Failure(code_pb2.INVALID_ARGUMENT, 400),
+    "OPEN_REQUIRED": Failure(code_pb2.INVALID_ARGUMENT, 400),
+    "UNSUPPORTED_MEDIA_TYPE": Failure(code_pb2.INVALID_ARGUMENT, 415),
+    "REQUEST_TOO_LARGE": Failure(code_pb2.RESOURCE_EXHAUSTED, 413),
+    "NOT_FOUND": Failure(code_pb2.NOT_FOUND, 404),
+    "UNAUTHENTICATED": Failure(code_pb2.UNAUTHENTICATED, 401),
+    "PERMISSION_DENIED": Failure(code_pb2.PERMISSION_DENIED, 403),
+    # A stream's state moved under the caller: reopen and resume.
+    "STREAM_FENCED": Failure(code_pb2.ABORTED, 409),
+    "STREAM_CONFLICT": Failure(code_pb2.ABORTED, 409),
+    # The server cannot take it now: retry after RetryInfo / Retry-After.
+    "STORE_UNAVAILABLE": Failure(code_pb2.UNAVAILABLE, 503),
+    "SHUTTING_DOWN": Failure(code_pb2.UNAVAILABLE, 503),
+    "INTERNAL": Failure(code_pb2.INTERNAL, 500),
+}
+
+# For a reason not in the table (a door's own INVALID_ARGUMENT sub-reasons): by gRPC code, as
+# google.rpc.Code documents the HTTP mapping.
+_HTTP_BY_CODE = {
+    code_pb2.OK: 200,
+    code_pb2.CANCELLED: 499,
+    code_pb2.UNKNOWN: 500,
+    code_pb2.INVALID_ARGUMENT: 400,
+    code_pb2.DEADLINE_EXCEEDED: 504,
+    code_pb2.NOT_FOUND: 404,
+    code_pb2.ALREADY_EXISTS: 409,
+    code_pb2.PERMISSION_DENIED: 403,
+    code_pb2.RESOURCE_EXHAUSTED: 429,
+    code_pb2.FAILED_PRECONDITION: 400,
+    code_pb2.ABORTED: 409,
+    code_pb2.OUT_OF_RANGE: 400,
+    code_pb2.UNIMPLEMENTED: 501,
+    code_pb2.INTERNAL: 500,
+    code_pb2.UNAVAILABLE: 503,
+    code_pb2.DATA_LOSS: 500,
+    code_pb2.UNAUTHENTICATED: 401,
+}
+
+
+def reason_of(st: status_pb2.Status) -> str:
+    info = error_details_pb2.ErrorInfo()
+    for detail in st.details:
+        if detail.Unpack(info):
+            return str(info.reason)
+    return ""
+
+
+def retry_after_of(st: status_pb2.Status) -> float | None:
+    retry = error_details_pb2.RetryInfo()
+    for detail in st.details:
+        if detail.Unpack(retry):
+            return float(retry.retry_delay.ToMilliseconds() / 1000)
+    return None
+
+
+def http_status_of(st: status_pb2.Status) -> int:
+    failure = FAILURES.get(reason_of(st))
+    if failure is not None and failure.grpc_code == st.code:
+        return failure.http_status
+    return _HTTP_BY_CODE.get(st.code, 500)
+
+
+def http_error(st: status_pb2.Status) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """(HTTP status, AIP-193 body, headers) of a failure: `{"error": {code, message, status,
+    details}}` with the details in the proto3 JSON mapping (`@type` URLs), and Retry-After in
+    whole seconds when the Status carries RetryInfo."""
+    http = http_status_of(st)
+    body = {
+        "error": {
+            "code": http,
+            "message": st.message,
+            "status": code_pb2.Code.Name(st.code),
+            "details": [json_format.MessageToDict(d) for d in st.details],
+        }
+    }
+    headers = {}
+    delay = retry_after_of(st)
+    if delay is not None:
+        headers["Retry-After"] = str(max(1, round(delay + 0.499)))
+    return http, body, headers
 
 
 def _pack(*details: object) -> list[any_pb2.Any]:

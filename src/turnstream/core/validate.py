@@ -36,6 +36,9 @@ MAX_TEXT_LENGTH = 100_000
 MAX_TOOL_NAMES = 1_000
 MAX_TOOL_NAME_LENGTH = 256
 MAX_STRUCT_BYTES = 64 * 1024
+# A turn's inputs and outputs hold whole conversations (HoneyHive's chat history): larger.
+MAX_PAYLOAD_BYTES = 1024 * 1024
+STRUCT_LIMITS = {"inputs": MAX_PAYLOAD_BYTES, "outputs": MAX_PAYLOAD_BYTES}
 # Levels of nesting inside a Struct (the Struct itself is level 1). JSON printers and parsers on
 # every side have recursion limits (protobuf's own parser stops at 100 message levels, about 50
 # Struct levels); 32 is deeper than any real metrics or tool input.
@@ -287,12 +290,10 @@ def _check_time(name: str, ts: Timestamp, latest: dt.datetime, report: _Report) 
 
 
 def _check_struct(name: str, value: Message, report: _Report) -> None:
-    size = value.ByteSize()
-    if size > MAX_STRUCT_BYTES:
+    size, limit = value.ByteSize(), STRUCT_LIMITS.get(name, MAX_STRUCT_BYTES)
+    if size > limit:
         report.add(
-            name,
-            "TOO_LARGE",
-            f"{name} must be at most {MAX_STRUCT_BYTES:,} bytes serialized, got {size:,}",
+            name, "TOO_LARGE", f"{name} must be at most {limit:,} bytes serialized, got {size:,}"
         )
         return
     problems: list[tuple[str, str, str]] = []

@@ -199,6 +199,9 @@ class Turn(_message.Message):
     PARENT_ID_FIELD_NUMBER: _builtins.int
     RESPONSE_PREVIEW_SIZE_FIELD_NUMBER: _builtins.int
     PRICE_VERSION_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
+    OUTPUTS_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
     execution_id: _builtins.str
     """The execution this turn belongs to. Required."""
     turn_number: _builtins.int
@@ -273,6 +276,20 @@ class Turn(_message.Message):
     def metrics(self) -> _struct_pb2.Struct:
         """Free-form metrics of the worker."""
 
+    @_builtins.property
+    def inputs(self) -> _struct_pb2.Struct:
+        """What the model was given: messages, prompt template and its inputs, tools offered."""
+
+    @_builtins.property
+    def outputs(self) -> _struct_pb2.Struct:
+        """What the model returned, whole (response_preview keeps only its start)."""
+
+    @_builtins.property
+    def metadata(self) -> _struct_pb2.Struct:
+        """Free-form metadata of the worker: config, hyperparameters, feedback, user properties and
+        whatever else a foreign format carries that has no field of its own.
+        """
+
     def __init__(
         self,
         *,
@@ -308,10 +325,13 @@ class Turn(_message.Message):
         parent_id: _builtins.str = ...,
         response_preview_size: _builtins.int | None = ...,
         price_version: _builtins.str = ...,
+        inputs: _struct_pb2.Struct | None = ...,
+        outputs: _struct_pb2.Struct | None = ...,
+        metadata: _struct_pb2.Struct | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_aem_cost", b"_aem_cost", "_aem_value", b"_aem_value", "_cache_creation_cost", b"_cache_creation_cost", "_cache_creation_tokens", b"_cache_creation_tokens", "_cache_read_cost", b"_cache_read_cost", "_cache_read_tokens", b"_cache_read_tokens", "_duration_ms", b"_duration_ms", "_input_cost", b"_input_cost", "_input_tokens", b"_input_tokens", "_model_weight", b"_model_weight", "_output_cost", b"_output_cost", "_output_tokens", b"_output_tokens", "_response_preview_size", b"_response_preview_size", "_runtime_minutes", b"_runtime_minutes", "_tool_calls_weight", b"_tool_calls_weight", "_tools_called_count", b"_tools_called_count", "_total_cost", b"_total_cost", "_total_tokens", b"_total_tokens", "_turn_number", b"_turn_number", "aem_cost", b"aem_cost", "aem_value", b"aem_value", "cache_creation_cost", b"cache_creation_cost", "cache_creation_tokens", b"cache_creation_tokens", "cache_read_cost", b"cache_read_cost", "cache_read_tokens", b"cache_read_tokens", "completed_at", b"completed_at", "duration_ms", b"duration_ms", "input_cost", b"input_cost", "input_tokens", b"input_tokens", "metrics", b"metrics", "model_weight", b"model_weight", "output_cost", b"output_cost", "output_tokens", b"output_tokens", "response_preview_size", b"response_preview_size", "runtime_minutes", b"runtime_minutes", "started_at", b"started_at", "tool_calls_weight", b"tool_calls_weight", "tools_called_count", b"tools_called_count", "total_cost", b"total_cost", "total_tokens", b"total_tokens", "turn_number", b"turn_number"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_aem_cost", b"_aem_cost", "_aem_value", b"_aem_value", "_cache_creation_cost", b"_cache_creation_cost", "_cache_creation_tokens", b"_cache_creation_tokens", "_cache_read_cost", b"_cache_read_cost", "_cache_read_tokens", b"_cache_read_tokens", "_duration_ms", b"_duration_ms", "_input_cost", b"_input_cost", "_input_tokens", b"_input_tokens", "_model_weight", b"_model_weight", "_output_cost", b"_output_cost", "_output_tokens", b"_output_tokens", "_response_preview_size", b"_response_preview_size", "_runtime_minutes", b"_runtime_minutes", "_tool_calls_weight", b"_tool_calls_weight", "_tools_called_count", b"_tools_called_count", "_total_cost", b"_total_cost", "_total_tokens", b"_total_tokens", "_turn_number", b"_turn_number", "aem_cost", b"aem_cost", "aem_value", b"aem_value", "cache_creation_cost", b"cache_creation_cost", "cache_creation_tokens", b"cache_creation_tokens", "cache_read_cost", b"cache_read_cost", "cache_read_tokens", b"cache_read_tokens", "completed_at", b"completed_at", "duration_ms", b"duration_ms", "input_cost", b"input_cost", "input_tokens", b"input_tokens", "inputs", b"inputs", "metadata", b"metadata", "metrics", b"metrics", "model_weight", b"model_weight", "output_cost", b"output_cost", "output_tokens", b"output_tokens", "outputs", b"outputs", "response_preview_size", b"response_preview_size", "runtime_minutes", b"runtime_minutes", "started_at", b"started_at", "tool_calls_weight", b"tool_calls_weight", "tools_called_count", b"tools_called_count", "total_cost", b"total_cost", "total_tokens", b"total_tokens", "turn_number", b"turn_number"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_aem_cost", b"_aem_cost", "_aem_value", b"_aem_value", "_cache_creation_cost", b"_cache_creation_cost", "_cache_creation_tokens", b"_cache_creation_tokens", "_cache_read_cost", b"_cache_read_cost", "_cache_read_tokens", b"_cache_read_tokens", "_duration_ms", b"_duration_ms", "_input_cost", b"_input_cost", "_input_tokens", b"_input_tokens", "_model_weight", b"_model_weight", "_output_cost", b"_output_cost", "_output_tokens", b"_output_tokens", "_response_preview_size", b"_response_preview_size", "_runtime_minutes", b"_runtime_minutes", "_tool_calls_weight", b"_tool_calls_weight", "_tools_called_count", b"_tools_called_count", "_total_cost", b"_total_cost", "_total_tokens", b"_total_tokens", "_turn_number", b"_turn_number", "aem_cost", b"aem_cost", "aem_value", b"aem_value", "cache_creation_cost", b"cache_creation_cost", "cache_creation_tokens", b"cache_creation_tokens", "cache_read_cost", b"cache_read_cost", "cache_read_tokens", b"cache_read_tokens", "completed_at", b"completed_at", "duration_ms", b"duration_ms", "error_message", b"error_message", "execution_id", b"execution_id", "finish_reason", b"finish_reason", "input_cost", b"input_cost", "input_tokens", b"input_tokens", "metrics", b"metrics", "model", b"model", "model_provider", b"model_provider", "model_weight", b"model_weight", "output_cost", b"output_cost", "output_tokens", b"output_tokens", "parent_id", b"parent_id", "price_version", b"price_version", "response_preview", b"response_preview", "response_preview_size", b"response_preview_size", "runtime_minutes", b"runtime_minutes", "started_at", b"started_at", "tool_calls_weight", b"tool_calls_weight", "tools_called_count", b"tools_called_count", "tools_called_names", b"tools_called_names", "total_cost", b"total_cost", "total_tokens", b"total_tokens", "turn_id", b"turn_id", "turn_number", b"turn_number"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_aem_cost", b"_aem_cost", "_aem_value", b"_aem_value", "_cache_creation_cost", b"_cache_creation_cost", "_cache_creation_tokens", b"_cache_creation_tokens", "_cache_read_cost", b"_cache_read_cost", "_cache_read_tokens", b"_cache_read_tokens", "_duration_ms", b"_duration_ms", "_input_cost", b"_input_cost", "_input_tokens", b"_input_tokens", "_model_weight", b"_model_weight", "_output_cost", b"_output_cost", "_output_tokens", b"_output_tokens", "_response_preview_size", b"_response_preview_size", "_runtime_minutes", b"_runtime_minutes", "_tool_calls_weight", b"_tool_calls_weight", "_tools_called_count", b"_tools_called_count", "_total_cost", b"_total_cost", "_total_tokens", b"_total_tokens", "_turn_number", b"_turn_number", "aem_cost", b"aem_cost", "aem_value", b"aem_value", "cache_creation_cost", b"cache_creation_cost", "cache_creation_tokens", b"cache_creation_tokens", "cache_read_cost", b"cache_read_cost", "cache_read_tokens", b"cache_read_tokens", "completed_at", b"completed_at", "duration_ms", b"duration_ms", "error_message", b"error_message", "execution_id", b"execution_id", "finish_reason", b"finish_reason", "input_cost", b"input_cost", "input_tokens", b"input_tokens", "inputs", b"inputs", "metadata", b"metadata", "metrics", b"metrics", "model", b"model", "model_provider", b"model_provider", "model_weight", b"model_weight", "output_cost", b"output_cost", "output_tokens", b"output_tokens", "outputs", b"outputs", "parent_id", b"parent_id", "price_version", b"price_version", "response_preview", b"response_preview", "response_preview_size", b"response_preview_size", "runtime_minutes", b"runtime_minutes", "started_at", b"started_at", "tool_calls_weight", b"tool_calls_weight", "tools_called_count", b"tools_called_count", "tools_called_names", b"tools_called_names", "total_cost", b"total_cost", "total_tokens", b"total_tokens", "turn_id", b"turn_id", "turn_number", b"turn_number"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__aem_cost: _TypeAlias = _typing.Literal["aem_cost"]  # noqa: Y015
     _WhichOneofArgType__aem_cost: _TypeAlias = _typing.Literal["_aem_cost", b"_aem_cost"]  # noqa: Y015

@@ -11,7 +11,7 @@ from grpc_status import rpc_status
 from tests.dbutil import rows
 from tests.integration.test_write import turn
 from tests.serving import ingest_stub, running_server
-from turnstream.doors.grpc_ingest import CHUNK_RECORDS
+from turnstream.core.ingest import CHUNK_RECORDS
 from turnstream.v1 import ingest_pb2, records_pb2
 
 

@@ -54,6 +54,9 @@ class Item:
     path: str
     index: int
     offset: int | None = None
+    # Violations a door found while parsing its wire format (a JSON value of the wrong type):
+    # they join the record's own, and the record goes the dead-letter way like any invalid one.
+    found: list[Any] | None = None
 
 
 @dataclass(slots=True)
@@ -93,6 +96,8 @@ class Pipeline:
         for item in items:
             kind = KINDS[item.kind]
             violations = kind.validate(item.message, item.path, now)
+            if item.found:
+                violations = [*item.found, *violations]
             if violations:
                 self._reject(prepared, tenant_id, door, item, violations, now)
                 continue

@@ -3,7 +3,6 @@ validates and enriches, the writer stores; this module maps results and errors t
 
 from __future__ import annotations
 
-import itertools
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -13,10 +12,9 @@ from google.rpc import status_pb2
 from grpc_status import rpc_status
 
 from turnstream import errors
-from turnstream.core import deadletter
-from turnstream.core.batch import BatchOutcome, KindCounts, WriteBatch
+from turnstream.core import ingest
+from turnstream.core.batch import BatchOutcome
 from turnstream.core.pipeline import (
-    KINDS,
     FieldViolation,
     Item,
     Pipeline,
@@ -34,11 +32,6 @@ if TYPE_CHECKING:  # grpc_stream imports abort() from here
 
 log = logging.getLogger(__name__)
 
-# A large Write is prepared and stored this many records at a time: the event loop is never held
-# for more than a few milliseconds (other callers' latency), rows exist for one chunk at a time
-# (memory), and each chunk commits in its own transaction, interleaved with other callers'. A
-# Write was never atomic (partial success), and a retry after a failure half-way merges.
-CHUNK_RECORDS = 500
 DEFAULT_MAX_REQUEST_RECORDS = 100_000
 
 TenantOf = Callable[[grpc.aio.ServicerContext[Any, Any]], str]
@@ -66,47 +59,6 @@ async def store(
         await abort(context, errors.unexpected(log, "storing a batch"))
 
 
-def _counts(k: KindCounts, rejected: int) -> ingest_pb2.RecordCounts:
-    return ingest_pb2.RecordCounts(
-        created=k.created, updated=k.updated, unchanged=k.unchanged, rejected=rejected
-    )
-
-
-def write_response(prepared: Prepared, outcome: BatchOutcome) -> ingest_pb2.WriteResponse:
-    rejected = {kind: 0 for kind in KINDS}
-    enum_to_kind = {k.enum: name for name, k in KINDS.items()}
-    for r in prepared.rejections:
-        rejected[enum_to_kind[r.kind]] += 1
-    per = {kind: _counts(outcome.counts[kind], rejected[kind]) for kind in KINDS}
-    total = ingest_pb2.RecordCounts(
-        created=sum(c.created for c in per.values()),
-        updated=sum(c.updated for c in per.values()),
-        unchanged=sum(c.unchanged for c in per.values()),
-        rejected=sum(c.rejected for c in per.values()),
-    )
-    ids = {item.message.execution_id for item in prepared.accepted}
-    return ingest_pb2.WriteResponse(
-        counts=ingest_pb2.WriteCounts(
-            total=total,
-            turns=per["turn"],
-            tool_calls=per["tool_call"],
-            tasks=per["task"],
-            executions=per["execution"],
-            unpriced_turns=prepared.unpriced,
-        ),
-        rejections=sorted(prepared.rejections, key=lambda r: (r.kind, r.index)),
-        execution_id=ids.pop() if len(ids) == 1 else "",
-    )
-
-
-def _add(total: BatchOutcome, part: BatchOutcome) -> None:
-    for kind, counts in part.counts.items():
-        into = total.counts[kind]
-        into.created += counts.created
-        into.updated += counts.updated
-        into.unchanged += counts.unchanged
-
-
 class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     """Write and Create* here; Append and GetStream are handed to the streaming door."""
 
@@ -130,21 +82,18 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     ) -> None:
         """A request whose bytes do not parse: kept whole as a dead letter (nothing is lost,
         not even bad input), then answered INVALID_ARGUMENT."""
-        tenant = self.tenant_of(context)
-        door = "grpc." + method.rsplit("/", 1)[-1]
         violation = FieldViolation(field="", description=bad.problem, reason="MALFORMED_REQUEST")
-        batch = WriteBatch(tenant, door=door)
-        batch.rejected.append(
-            deadletter.unparsed(
-                tenant_id=tenant,
-                door=door,
-                kind="request",
-                body=bad.data,
-                violations=[violation],
-                received_at=self.pipeline.clock(),
+        try:
+            await ingest.keep_unparsed(
+                self.writer,
+                self.pipeline,
+                self.tenant_of(context),
+                "grpc." + method.rsplit("/", 1)[-1],
+                bad.data,
+                [violation],
             )
-        )
-        await store(self.writer, Prepared(batch), context)
+        except StoreUnavailable as exc:
+            await abort(context, errors.unavailable(str(exc), exc.retry_after))
         await abort(context, errors.malformed(bad.message_name, bad.problem))
 
     async def Write(
@@ -155,20 +104,21 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             await abort(
                 context, errors.too_large("records", self.max_request_records, count, "records")
             )
-        tenant = self.tenant_of(context)
         # The request was admitted (doors/grpc_guard.py) before it was parsed: bounded memory.
-        total, outcome = Prepared(WriteBatch(tenant)), BatchOutcome()
-        items = iter_write_items(request)
-        for _ in range(0, max(count, 1), CHUNK_RECORDS):
-            chunk = list(itertools.islice(items, CHUNK_RECORDS))
-            prepared = self.pipeline.prepare(tenant, "grpc.Write", chunk)
-            part = await store(self.writer, prepared, context)
-            answer_failures(prepared, part)
-            _add(outcome, part)
-            total.rejections += prepared.rejections
-            total.accepted += prepared.accepted
-            total.unpriced += prepared.unpriced
-        return write_response(total, outcome)
+        try:
+            prepared, outcome = await ingest.write(
+                self.writer,
+                self.pipeline,
+                self.tenant_of(context),
+                "grpc.Write",
+                iter_write_items(request),
+                count,
+            )
+        except StoreUnavailable as exc:
+            await abort(context, errors.unavailable(str(exc), exc.retry_after))
+        except Exception:
+            await abort(context, errors.unexpected(log, "storing a batch"))
+        return ingest.write_response(prepared, outcome)
 
     async def _create(
         self, kind: str, record: Any, context: grpc.aio.ServicerContext[Any, Any], door: str

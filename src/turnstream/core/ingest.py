@@ -1,0 +1,126 @@
+"""Core: the one write path of every door, after it parsed its wire format. A door calls
+`write` (records) or `keep_unparsed` (a body it could not turn into records); both hand their
+work to a `Sink` — the writer, or a recording fake in tests — and return the answer, built here
+once. Doors only encode it (gRPC WriteResponse, Kubiya JSON, HoneyHive JSON).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+from turnstream.core import deadletter
+from turnstream.core.batch import BatchOutcome, WriteBatch
+from turnstream.core.pipeline import KINDS, Item, Pipeline, Prepared, answer_failures
+from turnstream.v1 import ingest_pb2
+
+# A large request is prepared and stored this many records at a time: the event loop is never
+# held for more than a few milliseconds (other callers' latency), rows exist for one chunk at a
+# time (memory), and each chunk commits in its own transaction, interleaved with other callers'.
+# A Write was never atomic (partial success), and a retry after a failure half-way merges.
+CHUNK_RECORDS = 500
+
+
+class Sink(Protocol):
+    """Where prepared batches go. `submit` returns once the batch's transaction committed; it
+    raises core.ports errors (StoreUnavailable) when nothing was stored."""
+
+    async def submit(self, batch: WriteBatch) -> BatchOutcome: ...
+
+
+async def write(
+    sink: Sink,
+    pipeline: Pipeline,
+    tenant_id: str,
+    door: str,
+    items: Iterator[Item],
+    count: int,
+) -> tuple[Prepared, BatchOutcome]:
+    """Validate, enrich and store `count` records, a chunk at a time; every record ends as a
+    row or a dead letter. Returns what was accepted and rejected (in `Prepared`) and the
+    merged counts, after everything committed."""
+    total, outcome = Prepared(WriteBatch(tenant_id, door=door)), BatchOutcome()
+    for n in range(0, max(count, 1), CHUNK_RECORDS):
+        if n:
+            await asyncio.sleep(0)  # let other callers' work in between chunks
+        prepared = pipeline.prepare(tenant_id, door, list(itertools.islice(items, CHUNK_RECORDS)))
+        part = await sink.submit(prepared.batch)
+        answer_failures(prepared, part)
+        for kind, counts in part.counts.items():
+            into = outcome.counts[kind]
+            into.created += counts.created
+            into.updated += counts.updated
+            into.unchanged += counts.unchanged
+        total.rejections += prepared.rejections
+        total.accepted += prepared.accepted
+        total.unpriced += prepared.unpriced
+    total.rejections.sort(key=lambda r: (r.kind, r.index))
+    return total, outcome
+
+
+async def keep_unparsed(
+    sink: Sink,
+    pipeline: Pipeline,
+    tenant_id: str,
+    door: str,
+    body: bytes,
+    violations: list[Any],
+    *,
+    kind: str = "request",
+    parsed: dict[str, Any] | None = None,
+    execution_id: str | None = None,
+) -> None:
+    """Keep a body no record could be made of (unparseable bytes or JSON, the wrong shape) as
+    a dead letter; returns once it is committed. Nothing is lost, not even bad input."""
+    batch = WriteBatch(tenant_id, door=door)
+    batch.rejected.append(
+        deadletter.unparsed(
+            tenant_id=tenant_id,
+            door=door,
+            kind=kind,
+            body=body,
+            violations=violations,
+            received_at=pipeline.clock(),
+            parsed=parsed,
+            execution_id=execution_id,
+        )
+    )
+    await sink.submit(batch)
+
+
+def write_response(prepared: Prepared, outcome: BatchOutcome) -> ingest_pb2.WriteResponse:
+    """The answer to a Write, whatever door it came through (foreign formats derive theirs)."""
+    rejected = dict.fromkeys(KINDS, 0)
+    enum_to_kind = {k.enum: name for name, k in KINDS.items()}
+    for r in prepared.rejections:
+        rejected[enum_to_kind[r.kind]] += 1
+    per = {
+        kind: ingest_pb2.RecordCounts(
+            created=outcome.counts[kind].created,
+            updated=outcome.counts[kind].updated,
+            unchanged=outcome.counts[kind].unchanged,
+            rejected=rejected[kind],
+        )
+        for kind in KINDS
+    }
+    total = ingest_pb2.RecordCounts(
+        created=sum(c.created for c in per.values()),
+        updated=sum(c.updated for c in per.values()),
+        unchanged=sum(c.unchanged for c in per.values()),
+        rejected=sum(c.rejected for c in per.values()),
+    )
+    ids = {item.message.execution_id for item in prepared.accepted}
+    return ingest_pb2.WriteResponse(
+        counts=ingest_pb2.WriteCounts(
+            total=total,
+            turns=per["turn"],
+            tool_calls=per["tool_call"],
+            tasks=per["task"],
+            executions=per["execution"],
+            unpriced_turns=prepared.unpriced,
+        ),
+        rejections=prepared.rejections,
+        execution_id=ids.pop() if len(ids) == 1 else "",
+    )

@@ -1,4 +1,4 @@
-"""Entrypoint engine of `turnstream send FILE...`: Kubiya batch files -> turnstream.kubiya ->
+"""Entrypoint engine of `turnstream send FILE...`: Kubiya batch files -> turnstream.formats.kubiya ->
 IngestService.Write, one batch at a time, retrying while the server is unavailable."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from turnstream.kubiya import Loc, batch_from_json, format_loc
+from turnstream.formats.kubiya import Loc, batch_from_json, format_loc
 from turnstream.v1 import ingest_pb2, ingest_pb2_grpc, records_pb2
 
 MAX_ATTEMPTS = 5

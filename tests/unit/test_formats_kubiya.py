@@ -1,4 +1,4 @@
-"""turnstream.kubiya: Kubiya analytics JSON <-> turnstream.v1 messages."""
+"""turnstream.formats.kubiya: Kubiya analytics JSON <-> turnstream.v1 messages."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from turnstream import kubiya
-from turnstream.kubiya import ParseError
+from turnstream.formats import kubiya
+from turnstream.formats.kubiya import ParseError
 from turnstream.v1 import records_pb2
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "kubiya_batch.json"

@@ -1,4 +1,4 @@
-"""Entrypoint engine of `turnstream send FILE...`: Kubiya batch files -> turnstream.formats.kubiya ->
+"""Entrypoint engine of `turnstream send FILE...`: Kubiya batch files -> formats.kubiya ->
 IngestService.Write, one batch at a time, retrying while the server is unavailable."""
 
 from __future__ import annotations

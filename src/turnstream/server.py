@@ -26,6 +26,7 @@ from starlette.routing import Route
 from turnstream.config import Settings, split_addr
 from turnstream.core.pipeline import Pipeline
 from turnstream.core.pricing import PriceTable
+from turnstream.core.service import IngestCalls
 from turnstream.doors.admission import Admission
 from turnstream.doors.grpc_guard import add_guarded
 from turnstream.doors.grpc_ingest import IngestServicer
@@ -76,12 +77,8 @@ class Server:
         await self.writer.start()
         pipeline = Pipeline(prices)
         self._streaming = StreamDoor(pipeline, self.writer, s)
-        servicer = IngestServicer(
-            pipeline,
-            self.writer,
-            self._streaming,
-            max_request_records=s.max_request_records,
-        )
+        calls = IngestCalls(pipeline, self.writer, s.max_request_records)
+        servicer = IngestServicer(calls, self._streaming)
 
         # Without --workers a second server on the same port must fail, not silently share it.
         reuse = [("grpc.so_reuseport", 1 if s.reuse_port else 0)]

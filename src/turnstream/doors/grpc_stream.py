@@ -16,9 +16,10 @@ from google.rpc import status_pb2
 from turnstream import errors
 from turnstream.config import Settings
 from turnstream.core.pipeline import Pipeline
+from turnstream.core.ports import StoreUnavailable
 from turnstream.doors.grpc_ingest import abort
 from turnstream.doors.stream_session import Session, shutting_down
-from turnstream.store.writer import StoreUnavailable, Writer
+from turnstream.store.writer import Writer
 from turnstream.v1 import ingest_pb2
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from starlette.routing import BaseRoute
 from turnstream import errors
 from turnstream.core import ingest
 from turnstream.core.pipeline import FieldViolation, Pipeline
-from turnstream.store.writer import StoreUnavailable
+from turnstream.core.ports import StoreUnavailable
 
 log = logging.getLogger(__name__)
 

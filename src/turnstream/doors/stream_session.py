@@ -14,8 +14,8 @@ from google.rpc import code_pb2, status_pb2
 
 from turnstream import errors
 from turnstream.core.batch import BatchOutcome, StreamAdvance, WriteBatch
+from turnstream.core.ports import StoreUnavailable, StreamConflict
 from turnstream.doors.grpc_ingest import abort
-from turnstream.store.writer import StoreUnavailable, StreamConflict
 from turnstream.v1 import ingest_pb2
 
 if TYPE_CHECKING:

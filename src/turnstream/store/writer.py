@@ -23,31 +23,13 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 
 from turnstream.core.batch import KINDS, BatchOutcome, StreamAdvance, WriteBatch
+from turnstream.core.ports import StoreUnavailable, StreamConflict
 from turnstream.core.rows import Row
 from turnstream.store import dialects, schema
 from turnstream.store.dialects import Key
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-class StoreUnavailable(Exception):
-    """The database cannot take writes now; nothing of the batch was stored. Retry later."""
-
-    def __init__(self, message: str, retry_after: float = 1.0) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class StreamConflict(Exception):
-    """The stream's offset or epoch moved (a newer connection opened it, or another replica
-    stored these offsets); nothing of the batch was stored."""
-
-    def __init__(self, stream_id: str, epoch: int, committed_offset: int) -> None:
-        super().__init__(f"stream {stream_id!r} is at offset {committed_offset}, epoch {epoch}")
-        self.stream_id = stream_id
-        self.epoch = epoch
-        self.committed_offset = committed_offset
 
 
 @dataclass(slots=True)

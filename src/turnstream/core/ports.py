@@ -1,0 +1,34 @@
+"""Core: the domain errors every layer shares (no I/O). The store raises them, the core's
+service layer turns them into answers, doors never see a driver's exception."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class StoreUnavailable(Exception):
+    """The database cannot take writes now; nothing of the batch was stored. Retry later."""
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class StreamConflict(Exception):
+    """The stream's offset or epoch moved (a newer connection opened it, or another replica
+    stored these offsets); nothing of the batch was stored."""
+
+    def __init__(self, stream_id: str, epoch: int, committed_offset: int) -> None:
+        super().__init__(f"stream {stream_id!r} is at offset {committed_offset}, epoch {epoch}")
+        self.stream_id = stream_id
+        self.epoch = epoch
+        self.committed_offset = committed_offset
+
+
+class Failure(Exception):
+    """A call fails with this google.rpc.Status (built by turnstream.errors): the gRPC door
+    aborts with it, the HTTP doors answer it from the same error table."""
+
+    def __init__(self, status: Any) -> None:
+        super().__init__(status.message)
+        self.status = status

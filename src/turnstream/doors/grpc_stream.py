@@ -17,7 +17,8 @@ from turnstream import errors
 from turnstream.config import Settings
 from turnstream.core.pipeline import Pipeline
 from turnstream.doors.grpc_ingest import abort
-from turnstream.doors.stream_session import Session, shutting_down
+from turnstream.doors.stream_rules import shutting_down
+from turnstream.doors.stream_session import Session
 from turnstream.store.writer import StoreUnavailable, Writer
 from turnstream.v1 import ingest_pb2
 

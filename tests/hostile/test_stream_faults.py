@@ -33,6 +33,7 @@ from tests.integration.test_append import (
     turn,
     turns,
 )
+from turnstream.client import StreamError, StreamWriter
 from turnstream.core import deadletter
 from turnstream.core.batch import BatchOutcome, FailedRow, StreamAdvance, WriteBatch
 from turnstream.core.pipeline import Pipeline
@@ -270,3 +271,75 @@ async def test_a_batch_the_server_cannot_prepare_ends_the_call_after_earlier_ack
                 await call.write(batch(3, turns(3, 3)))
         assert poisoned.calls == 2
     assert stored_turns(database_url) == [1, 2, 3]
+
+
+async def test_the_sdk_fails_a_stalled_stream_naming_the_stuck_batch(database_url: str) -> None:
+    async with serving(database_url) as (server, _):
+        door(server).pipeline = PoisonedPipeline(door(server).pipeline, offset=20)
+        writer = StreamWriter(
+            f"127.0.0.1:{server.grpc_port}",
+            "s",
+            max_batch_records=10,
+            max_reconnect_time=8,  # every reopen succeeds: this clock alone never ran out
+            max_stall_time=1.0,
+        )
+        await writer.start()
+        for n in range(35):
+            await writer.turn(turn(n + 1).turn)
+        started = time.monotonic()
+        with pytest.raises(StreamError) as info:
+            await writer.flush()
+        # The server asks for 5 s between retries (RetryInfo); one retry shows the failure
+        # repeats, and the stall is past max_stall_time by then.
+        assert time.monotonic() - started < 15
+        error = info.value
+        assert error.code == grpc.StatusCode.INTERNAL and error.reason == "INTERNAL"
+        assert error.stuck_offsets == range(20, 30)
+        assert "offsets 20..29" in error.message and "no progress" in error.message
+        assert [r.turn.turn_number for r in error.unacked] == list(range(21, 36))
+        assert writer.committed_offset == 20 and writer.reconnects >= 1
+        await writer.close()  # the error was raised to the caller already
+    assert stored_turns(database_url) == list(range(1, 21))
+
+
+async def test_the_sdk_fails_at_once_on_a_message_over_the_servers_limit(
+    database_url: str,
+) -> None:
+    # The batch is within max_batch_bytes but over the gRPC message limit: gRPC itself answers
+    # RESOURCE_EXHAUSTED, and sending the same batch again can only fail the same way.
+    async with serving(database_url, max_message_bytes=4096) as (server, _):
+        writer = StreamWriter(f"127.0.0.1:{server.grpc_port}", "s", max_stall_time=None)
+        await writer.start()
+        big = turn(1).turn
+        big.response_preview = "x" * 6000
+        await writer.turn(big)
+        started = time.monotonic()
+        with pytest.raises(StreamError) as info:
+            await writer.flush()
+        assert time.monotonic() - started < 3
+        assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert info.value.stuck_offsets == range(0, 1)
+        assert writer.reconnects == 0
+        await writer.close()
+    assert stored_turns(database_url) == []
+
+
+async def test_the_sdk_refuses_a_record_no_parser_can_read_before_buffering_it(
+    database_url: str,
+) -> None:
+    nested: dict[str, Any] = {}
+    inner = nested
+    for _ in range(40):
+        inner["k"] = {}
+        inner = inner["k"]
+    async with (
+        serving(database_url) as (server, _),
+        StreamWriter(f"127.0.0.1:{server.grpc_port}", "s", execution_id="exec-s") as writer,
+    ):
+        await writer.turn(turn(1).turn)
+        with pytest.raises(ValueError, match="nested too deeply for protobuf parsers"):
+            await writer.tool_call(tool_name="t", started_at=T0, tool_input=nested)
+        await writer.turn(turn(2).turn)  # the stream goes on
+        await writer.flush()
+        assert writer.committed_offset == 2 and writer.next_offset == 2
+    assert stored_turns(database_url) == [1, 2]

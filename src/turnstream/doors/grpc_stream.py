@@ -1,6 +1,6 @@
-"""Door: the gRPC `Append` stream and `GetStream` (DESIGN §3, docs/streaming.md). It keeps the
-registry of live calls, so a newer open fences an older one and a shutdown drains them all; each
-call itself is a `Session` (stream_session.py)."""
+"""Door: the gRPC `Append` stream and `GetStream` (docs/streaming.md). It keeps the registry of
+live calls, so a newer open fences an older one and a shutdown drains them all; each call itself
+is a `Session` (stream_session.py)."""
 
 from __future__ import annotations
 

@@ -295,6 +295,27 @@ def test_records_get_the_default_execution_id_only_when_they_have_none() -> None
     assert missing.WhichOneof("kind") == "tool_call"
 
 
+def nested(depth: int) -> dict[str, object]:
+    top: dict[str, object] = {}
+    inner = top
+    for _ in range(depth):
+        child: dict[str, object] = {}
+        inner["k"] = child
+        inner = child
+    return top
+
+
+@pytest.mark.parametrize("depth", [33, 40])
+def test_a_record_no_parser_can_read_is_refused_before_it_is_buffered(depth: int) -> None:
+    # 33 levels encode and even make a Record, but not an AppendRequest the server can parse;
+    # 40 fail already while building the Record. Both are one clear ValueError.
+    with pytest.raises(ValueError, match="nested too deeply for protobuf parsers"):
+        to_record("tool_call", None, {"tool_name": "t", "tool_input": nested(depth)})
+    record = to_record("tool_call", None, {"tool_name": "t", "tool_input": nested(30)})
+    request = ingest_pb2.AppendRequest(batch=ingest_pb2.AppendBatch(records=[record]))
+    assert ingest_pb2.AppendRequest.FromString(request.SerializeToString()) == request
+
+
 # -- backoff and errors ------------------------------------------------------------------------
 
 

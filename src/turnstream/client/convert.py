@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 from google.protobuf import struct_pb2, timestamp_pb2
 from google.protobuf.descriptor import EnumDescriptor, FieldDescriptor
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from turnstream.v1 import ingest_pb2, records_pb2
 
@@ -59,7 +59,19 @@ def to_record(kind: str, value: Any, fields: Mapping[str, Any], execution_id: st
     """An AppendRequest Record holding one record of `kind`; `execution_id` fills an empty one."""
     cls = RECORD_CLASSES[kind]
     message = build(cls, value, **fields)
-    record = ingest_pb2.Record(**{kind: message})
+    try:
+        record = ingest_pb2.Record(**{kind: message})
+        # Refused here rather than by the server, which could only answer the whole message
+        # INVALID_ARGUMENT and end the stream: every record buffered with it would fail too.
+        # Encoding never fails, parsing does past the parsers' depth limit, and the server
+        # parses the record two levels down in an AppendRequest.
+        envelope = ingest_pb2.AppendRequest(batch=ingest_pb2.AppendBatch(records=[record]))
+        ingest_pb2.AppendRequest.FromString(envelope.SerializeToString())
+    except DecodeError:
+        raise ValueError(
+            f"the {kind} is nested too deeply for protobuf parsers (100 levels, about 32 levels "
+            "of dicts in a Struct field): flatten it"
+        ) from None
     if execution_id:
         inner = getattr(record, kind)
         if not inner.execution_id:

@@ -33,7 +33,6 @@ _DETAIL_TYPES: tuple[type[Message], ...] = (
 RETRYABLE = frozenset(
     {
         grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
         grpc.StatusCode.DEADLINE_EXCEEDED,
         grpc.StatusCode.INTERNAL,
         grpc.StatusCode.UNKNOWN,
@@ -102,6 +101,11 @@ class RPCError(Exception):
 
     @property
     def retryable(self) -> bool:
+        """Worth sending again. RESOURCE_EXHAUSTED only with a RetryInfo (a quota that refills):
+        without one it is a limit the request itself exceeds (a message or batch too large),
+        which the same request can only exceed again."""
+        if self.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            return self.retry_delay is not None
         return self.code in RETRYABLE
 
     @classmethod
@@ -111,8 +115,10 @@ class RPCError(Exception):
 
 class StreamError(RPCError):
     """A StreamWriter cannot go on: fenced by a newer writer of the same stream (ABORTED), a
-    request the server refused (INVALID_ARGUMENT), or reconnecting for longer than allowed.
-    Raised by the next call, `flush()` or `close()`; un-acked records stay in `unacked`."""
+    request the server refused (INVALID_ARGUMENT, RESOURCE_EXHAUSTED), no stream for longer than
+    max_reconnect_time, or a batch failing without progress for longer than max_stall_time.
+    Raised by the next call, `flush()` or `close()`; un-acked records stay in `unacked`, and
+    `stuck_offsets` names the offsets of the oldest un-acked batch when there was one."""
 
     def __init__(
         self,
@@ -121,14 +127,18 @@ class StreamError(RPCError):
         raw_status: status_pb2.Status | None = None,
         *,
         unacked: Sequence[ingest_pb2.Record] = (),
+        stuck_offsets: range | None = None,
     ) -> None:
         super().__init__(code, message, raw_status)
         self.unacked = list(unacked)
+        self.stuck_offsets = stuck_offsets
 
     @classmethod
-    def wrap(cls, error: RPCError, context: str = "") -> StreamError:
+    def wrap(
+        cls, error: RPCError, context: str = "", *, stuck_offsets: range | None = None
+    ) -> StreamError:
         message = f"{context}: {error.message}" if context else error.message
-        return cls(error.code, message, error.raw_status)
+        return cls(error.code, message, error.raw_status, stuck_offsets=stuck_offsets)
 
 
 @dataclass(frozen=True, slots=True)

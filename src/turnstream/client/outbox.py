@@ -157,6 +157,16 @@ class Outbox:
         self.sent_high = max(self.sent_high, batch.end)
         return batch
 
+    def oldest_batch(self, max_records: int) -> range | None:
+        """Offsets of the oldest un-acked batch (the one a stalled stream cannot get past):
+        as sent when it is in flight, else as it would be cut; None when all is acked."""
+        if self.base == self.next_offset:
+            return None
+        for batch in self.inflight:
+            if batch.offset == self.base:
+                return range(batch.offset, batch.end)
+        return range(self.base, min(self.next_offset, self.base + max_records))
+
     def resume(self, committed_offset: int) -> int:
         """A (re)opened connection: the server holds everything below committed_offset. Drop
         that, forget what was in flight, send the rest again. Returns how many records it

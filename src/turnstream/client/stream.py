@@ -17,7 +17,14 @@ import grpc
 from turnstream.client.backoff import Backoff
 from turnstream.client.convert import to_record
 from turnstream.client.errors import Rejection, RPCError, StreamError
-from turnstream.client.outbox import BATCH_OVERHEAD, Limits, Outbox, ProtocolError, wire_size
+from turnstream.client.outbox import (
+    BATCH_OVERHEAD,
+    Limits,
+    Outbox,
+    ProtocolError,
+    wire_size,
+)
+from turnstream.client.patience import Ending, Patience, stream_retryable
 from turnstream.client.unary import channel_for
 from turnstream.v1 import ingest_pb2, ingest_pb2_grpc
 
@@ -56,8 +63,10 @@ class StreamWriter:
     they never drop. On a disconnect, UNAVAILABLE or drain the writer reconnects with jittered
     backoff (initial_backoff .. max_backoff, at least the server's RetryInfo delay), reopens the
     stream and resends from its committed offset; after `max_reconnect_time` seconds without a
-    stream (None: forever) it fails. Invalid records reach `on_rejection` and `rejections`.
-    A fatal error (ABORTED: a newer writer opened the stream; INVALID_ARGUMENT; ...) makes the next
+    stream (None: forever) it fails, and after `max_stall_time` seconds in which opened streams
+    kept failing without the committed offset advancing (the same batch failing every time;
+    None: forever). Invalid records reach `on_rejection` and `rejections`. A fatal error
+    (ABORTED: a newer writer opened the stream; INVALID_ARGUMENT; a stall; ...) makes the next
     call, `flush()` or `close()` raise StreamError.
 
     >>> async with StreamWriter("127.0.0.1:50051", "exec-42", execution_id="exec-42") as w:
@@ -82,6 +91,7 @@ class StreamWriter:
         initial_backoff: float = 0.1,
         max_backoff: float = 5.0,
         max_reconnect_time: float | None = None,
+        max_stall_time: float | None = 60.0,
         rng: random.Random | None = None,
     ) -> None:
         if not stream_id:
@@ -99,7 +109,7 @@ class StreamWriter:
         self._max_buffer = max_buffer_records
         self._on_rejection = on_rejection
         self._backoff = Backoff(initial_backoff, max_backoff, rng or random.Random())
-        self._max_reconnect_time = max_reconnect_time
+        self._patience = Patience(max_reconnect_time, max_stall_time)
 
         self._channel: grpc.aio.Channel | None = None
         self._stub: Any = None
@@ -305,37 +315,39 @@ class StreamWriter:
 
     async def _reconnect_loop(self) -> None:
         loop = asyncio.get_running_loop()
-        down_since: float | None = None
         while not self._closing:
-            retry_after: float | None = None
+            error: RPCError | None = None
+            drained, reason = False, ""
             try:
                 drained = await self._connection()
                 reason = "the server drained the stream" if drained else "the server ended it"
             except grpc.aio.AioRpcError as exc:
                 error = RPCError.from_aio(exc)
-                if not _stream_retryable(error):
-                    self._fail(StreamError.wrap(error))
-                    return
-                drained, reason, retry_after = False, str(error), error.retry_delay
             except ProtocolError as exc:
                 self._fail(StreamError(exc.code, exc.message))
                 return
-            if self._closing:
+            if self._closing and (error is None or stream_retryable(error)):
                 return
-            if self._attempt_opened:  # an outage starts now, not at an earlier one
-                down_since = None
+            ending = Ending(self._attempt_opened, error, drained, reason)
             self._attempt_opened = False
-            now = loop.time()
-            down_since = now if down_since is None else down_since
-            limit = self._max_reconnect_time
-            if limit is not None and now - down_since > limit:
-                message = f"gave up reconnecting after {limit:g} s: {reason}"
-                self._fail(StreamError(grpc.StatusCode.UNAVAILABLE, message))
+            stuck = None
+            if self._outbox is not None:
+                stuck = self._outbox.oldest_batch(self._limits.max_batch_records)
+            fatal = self._patience.ended(ending, loop.time(), stuck)
+            if fatal is not None:
+                self._fail(fatal)
                 return
             # A drain is planned: reconnect at once (another replica may be up already).
+            retry_after = None if error is None else error.retry_delay
             delay = 0.0 if drained else self._backoff.next(retry_after)
             level = logging.INFO if drained else logging.WARNING
-            log.log(level, "stream %s: %s; reconnecting in %.2f s", self.stream_id, reason, delay)
+            log.log(
+                level,
+                "stream %s: %s; reconnecting in %.2f s",
+                self.stream_id,
+                ending.describe(),
+                delay,
+            )
             await asyncio.sleep(delay)
 
     async def _connection(self) -> bool:
@@ -389,6 +401,8 @@ class StreamWriter:
         else:
             dropped = self._outbox.resume(committed)
             self.acked += dropped
+            if dropped:
+                self._patience.progressed()
             self.reconnects += 1
             log.info(
                 "stream %s resumed at offset %d (%d records not yet acked)",
@@ -422,6 +436,8 @@ class StreamWriter:
         result = self._outbox.on_ack(ack)
         self._backoff.reset()
         self.acked += result.committed
+        if result.committed:
+            self._patience.progressed()
         if result.resend_from is not None:
             log.info("stream %s: gap, resending from %d", self.stream_id, result.resend_from)
         for rejection in result.rejections:
@@ -471,12 +487,3 @@ class StreamWriter:
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
             # The call is over; the receiver reads why.
             return
-
-
-def _stream_retryable(error: RPCError) -> bool:
-    """Reconnect after a retryable code, and after ABORTED STREAM_CONFLICT (the server lost its
-    place in the stream: "reopen it and resume"); any other ABORTED is a fence: a newer writer
-    owns the stream."""
-    if error.code == grpc.StatusCode.ABORTED:
-        return error.reason == "STREAM_CONFLICT"
-    return error.retryable

@@ -1,6 +1,6 @@
-"""Door: the gRPC `Append` stream and `GetStream` (DESIGN §3, docs/streaming.md). It keeps the
-registry of live calls, so a newer open fences an older one and a shutdown drains them all; each
-call itself is a `Session` (stream_session.py)."""
+"""Door: the gRPC `Append` stream and `GetStream` (docs/streaming.md). It keeps the registry of
+live calls, so a newer open fences an older one and a shutdown drains them all; each call itself
+is a `Session` (stream_session.py)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from turnstream.config import Settings
 from turnstream.core.pipeline import Pipeline
 from turnstream.core.ports import StoreUnavailable
 from turnstream.doors.grpc_ingest import abort
-from turnstream.doors.stream_session import Session, shutting_down
+from turnstream.doors.stream_rules import shutting_down
+from turnstream.doors.stream_session import Session
 from turnstream.store.writer import Writer
 from turnstream.v1 import ingest_pb2
 

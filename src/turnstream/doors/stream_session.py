@@ -1,20 +1,24 @@
 """Door: one Append call, from `open` to its end. A reader task turns client messages into
 answer slots (in request order); the call's own coroutine answers each slot once its batch has
-committed. The pipeline validates and the writer stores; this module only sequences and maps."""
+committed. The pipeline validates, the writer stores and stream_rules.py decides what each
+message means and how a call ends; this module only sequences."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
-from google.rpc import code_pb2, status_pb2
+from google.rpc import status_pb2
 
 from turnstream import errors
 from turnstream.core.batch import BatchOutcome, StreamAdvance, WriteBatch
+from turnstream.core.pipeline import Prepared, answer_failures
 from turnstream.core.ports import StoreUnavailable, StreamConflict
+from turnstream.doors import stream_rules as rules
+from turnstream.doors.grpc_guard import Malformed
 from turnstream.doors.grpc_ingest import abort
 from turnstream.v1 import ingest_pb2
 
@@ -24,37 +28,29 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-DOOR = "grpc.Append"
-APPENDED = ingest_pb2.APPEND_OUTCOME_APPENDED
-ALREADY_STORED = ingest_pb2.APPEND_OUTCOME_ALREADY_STORED
-GAP = ingest_pb2.APPEND_OUTCOME_GAP
 HEARTBEAT = ingest_pb2.AppendResponse(heartbeat=ingest_pb2.Heartbeat())
-
-
-def shutting_down() -> status_pb2.Status:
-    """UNAVAILABLE for a call the server cannot take or finish because it is going away."""
-    return errors.status(
-        code_pb2.UNAVAILABLE,
-        "the server is shutting down; reconnect and resume",
-        "SHUTTING_DOWN",
-        retry_after=1.0,
-    )
 
 
 @dataclass(slots=True)
 class _Ack:
-    """The answer slot of one batch: the ack to send, sent once `store` (if any) committed."""
+    """The answer slot of one batch: the ack to send, sent once `store` (if any) committed.
+    The rejections are added then: rows the database refused are only known from the outcome."""
 
     ack: ingest_pb2.BatchAck
     store: asyncio.Future[BatchOutcome] | None = None
+    prepared: Prepared | None = None
+    # Records with no kind: answered without reaching the pipeline's rejections.
+    empty: list[ingest_pb2.RecordRejection] = field(default_factory=list)
 
 
 @dataclass(slots=True)
 class _End:
-    """The last slot: end with `status` (None = OK), after a `drain` message if `drain`."""
+    """The last slot: end with `status` (None = OK), after a `drain` message if `drain`, once
+    `store` (a dead letter, if any) committed."""
 
     status: status_pb2.Status | None = None
     drain: bool = False
+    store: asyncio.Future[BatchOutcome] | None = None
 
 
 class _Interrupted(Exception):
@@ -93,19 +89,12 @@ class Session:
 
     def fence(self) -> None:
         """A newer connection opened this stream: end with ABORTED, answering nothing more."""
-        self.stop(
-            errors.status(
-                code_pb2.ABORTED,
-                f"stream {self.stream_id!r} was opened by a newer connection",
-                "STREAM_FENCED",
-                metadata={"stream_id": self.stream_id},
-            )
-        )
+        self.stop(rules.fenced(self.stream_id))
 
     def drain(self) -> None:
         """Stop reading; answer every batch already read, then send `drain` and end with OK."""
         if not self._opened:  # nothing read to answer yet
-            self.stop(shutting_down())
+            self.stop(rules.shutting_down())
             return
         self._draining = True
         self._room.set()
@@ -137,18 +126,27 @@ class Session:
 
     async def _serve(self) -> status_pb2.Status | None:
         """Open, then answer slots until the end; returns the status to end with (None = OK)."""
-        first = await self._until(asyncio.ensure_future(self.context.read()), heartbeat=False)
+        # Bounded: a call that never opens would otherwise hold its task and buffers forever.
+        limit = self._settings.open_timeout
+        read = asyncio.ensure_future(self.context.read())
+        try:
+            async with asyncio.timeout(limit):
+                first = await self._until(read, heartbeat=False)
+        except TimeoutError:
+            read.cancel()
+            return rules.open_timeout(limit)
         if first is grpc.aio.EOF:
             return None
+        if isinstance(first, Malformed):
+            end = self._on_malformed(first)
+            return await self._committed(end.store, heartbeat=False) or end.status
         if first.WhichOneof("kind") != "open":
-            return errors.invalid_request(
-                "open", "the first message of an Append call must be open", "OPEN_REQUIRED"
-            )
+            return rules.open_required()
         problem = self.door.check_stream_id(first.open.stream_id, "open.stream_id")
         if problem is not None:
             return problem
         if self.door.draining:
-            return shutting_down()
+            return rules.shutting_down()
         self.stream_id = first.open.stream_id
         try:
             state = await self._until(
@@ -182,39 +180,57 @@ class Session:
             else:
                 slot = self._slots.get_nowait()
             if isinstance(slot, _End):
+                failed = await self._committed(slot.store)
+                if failed is not None:
+                    return failed
                 if slot.drain and slot.status is None:
                     reason = "the server is shutting down: every batch read was answered; resume"
                     await self._send(
                         ingest_pb2.AppendResponse(drain=ingest_pb2.Drain(reason=reason))
                     )
                 return slot.status
-            if slot.store is not None:
-                try:
-                    await self._until(slot.store)
-                except _Interrupted:
-                    raise
-                except StoreUnavailable as exc:
-                    return errors.unavailable(str(exc), exc.retry_after)
-                except StreamConflict as exc:
-                    return self._conflict(exc)
-                except Exception:
-                    return errors.unexpected(log, f"storing a batch of stream {self.stream_id!r}")
+            failed = await self._committed(slot.store, slot)
+            if failed is not None:
+                return failed
             self.committed_offset = slot.ack.committed_offset
             await self._send(ingest_pb2.AppendResponse(ack=slot.ack))
             self._unanswered -= 1
             self._room.set()
 
+    async def _committed(
+        self,
+        store: asyncio.Future[BatchOutcome] | None,
+        slot: _Ack | None = None,
+        *,
+        heartbeat: bool = True,
+    ) -> status_pb2.Status | None:
+        """Wait for `store` to commit and complete `slot`'s rejections from its outcome; the
+        status to end the call with if it failed."""
+        if store is None:
+            return None
+        try:
+            outcome = await self._until(store, heartbeat=heartbeat)
+            if slot is not None and slot.prepared is not None:
+                # Rows the database refused were dead-lettered in the same transaction and
+                # their offsets consumed: answered like any invalid record, in index order.
+                answer_failures(slot.prepared, outcome)
+                rejections = [*slot.prepared.rejections, *slot.empty]
+                slot.ack.rejections.extend(rules.by_index(rejections))
+        except _Interrupted:
+            raise
+        except StoreUnavailable as exc:
+            return errors.unavailable(str(exc), exc.retry_after)
+        except StreamConflict as exc:
+            return self._conflict(exc)
+        except Exception:
+            return errors.unexpected(log, f"storing a batch of stream {self.stream_id!r}")
+        return None
+
     def _conflict(self, exc: StreamConflict) -> status_pb2.Status:
         if exc.epoch != self.epoch:
             self.fence()
             return self._stopped.result()
-        return errors.status(
-            code_pb2.ABORTED,
-            f"stream {self.stream_id!r} is at committed offset {exc.committed_offset}; "
-            "reopen it and resume from there",
-            "STREAM_CONFLICT",
-            metadata={"stream_id": self.stream_id, "committed_offset": str(exc.committed_offset)},
-        )
+        return rules.conflict(self.stream_id, exc.committed_offset)
 
     async def _until(self, future: asyncio.Future[T], *, heartbeat: bool = True) -> T:
         """Await `future`, sending heartbeats while nothing else is sent; raise _Interrupted
@@ -290,82 +306,58 @@ class Session:
                 return None
             raise
 
-    def _on_message(self, message: ingest_pb2.AppendRequest) -> _End | None:
+    def _on_message(self, message: ingest_pb2.AppendRequest | Malformed) -> _End | None:
+        if isinstance(message, Malformed):
+            return self._on_malformed(message)
         kind = message.WhichOneof("kind")
         if kind == "batch":
             return self._on_batch(message.batch)
         if kind == "heartbeat":
             return None
-        if kind == "open":
-            return _End(
-                errors.invalid_request(
-                    "open", "the stream is already open; open only comes first", "ALREADY_OPEN"
-                )
-            )
-        return _End(errors.invalid_request("kind", "set one of open, batch, heartbeat", "REQUIRED"))
+        return _End(rules.unexpected_message(kind))
 
     def _on_batch(self, batch: ingest_pb2.AppendBatch) -> _End | None:
         """Decide what becomes of a batch and queue its answer slot (in request order)."""
-        problem = self._check_batch(batch)
+        problem = rules.check_batch(batch, self._settings)
         if problem is not None:
             return _End(problem)
         offset, count, expected = batch.offset, len(batch.records), self.next_offset
-        ack = ingest_pb2.BatchAck(offset=offset, record_count=count, committed_offset=expected)
-        if offset == expected:
+        outcome = rules.placement(offset, count, expected)
+        if outcome is None:
+            return _End(rules.straddles(offset, count, expected))
+        ack = ingest_pb2.BatchAck(
+            offset=offset, record_count=count, outcome=outcome, committed_offset=expected
+        )
+        slot = _Ack(ack)
+        if outcome == rules.APPENDED:
             advance = StreamAdvance(self.stream_id, self.epoch, offset, offset + count)
-            prepared, empty = self.door.pipeline.prepare_append(
-                batch.records, self.tenant, DOOR, advance
-            )
-            ack.outcome = APPENDED
-            ack.committed_offset = advance.to_offset
-            ack.rejections.extend(sorted([*prepared.rejections, *empty], key=_index))
-            slot = _Ack(ack, self._store(prepared.batch))
-            self.next_offset = advance.to_offset
-        elif offset + count <= expected:
-            # Committed, or covered by a batch in flight: answered in order, so after it committed.
-            ack.outcome = ALREADY_STORED
-            slot = _Ack(ack)
-        elif offset > expected:
-            ack.outcome = GAP
-            slot = _Ack(ack)
-        else:
-            return _End(
-                errors.invalid_request(
-                    "batch.offset",
-                    f"the batch at offset {offset} with {count} records straddles the stream's "
-                    f"offset {expected}: send batches that start at offset {expected}",
-                    "OFFSET_STRADDLES",
+            try:
+                prepared, empty = self.door.pipeline.prepare_append(
+                    batch.records, self.tenant, rules.DOOR, advance
                 )
-            )
+            except Exception:
+                # The pipeline turns bad records into rejections and never raises; if it does
+                # anyway (a bug), end the call after answering what came before. The client
+                # retries the batch, and the SDK gives up once that has made no progress for
+                # its max_stall_time: the stream fails loudly rather than wedging in silence.
+                what = f"preparing the batch at offset {offset} of stream {self.stream_id!r}"
+                return _End(errors.unexpected(log, what))
+            ack.committed_offset = self.next_offset = advance.to_offset
+            slot = _Ack(ack, self._store(prepared.batch), prepared, empty)
         self._unanswered += 1
         self._slots.put_nowait(slot)
         return None
 
-    def _check_batch(self, batch: ingest_pb2.AppendBatch) -> status_pb2.Status | None:
-        s, count = self._settings, len(batch.records)
-        if count == 0:
-            return errors.invalid_request(
-                "batch.records", "a batch must carry at least one record", "EMPTY_BATCH"
-            )
-        if count > s.max_batch_records:
-            return errors.invalid_request(
-                "batch.records",
-                f"the batch has {count} records, more than max_batch_records "
-                f"({s.max_batch_records})",
-                "BATCH_TOO_LARGE",
-            )
-        size = batch.ByteSize()
-        if size > s.max_batch_bytes:
-            return errors.invalid_request(
-                "batch",
-                f"the batch is {size} bytes, more than max_batch_bytes ({s.max_batch_bytes})",
-                "BATCH_TOO_LARGE",
-            )
-        if batch.offset < 0:
-            return errors.invalid_request(
-                "batch.offset", "offsets start at 0; a batch offset cannot be negative", "INVALID"
-            )
-        return None
+    def _on_malformed(self, bad: Malformed) -> _End:
+        """A message whose bytes do not parse: the caller's error, answered INVALID_ARGUMENT
+        and never worth a retry (the same bytes fail the same way). Its bytes are kept as a dead
+        letter first (committed before the call ends: nothing is lost, not even bad input). The
+        batches read before it are still answered, in order: the dead letter queues behind
+        them in the writer, and the end slot behind their acks."""
+        dead = rules.malformed_dead_letter(
+            bad, self.tenant, self.stream_id, self.door.pipeline.clock()
+        )
+        return _End(errors.malformed(bad.message_name, bad.problem), store=self._store(dead))
 
     def _store(self, batch: WriteBatch) -> asyncio.Future[BatchOutcome]:
         # Tasks start in creation order, so submit() is called in request order; the writer
@@ -379,7 +371,3 @@ class Session:
         self._stores.discard(store)
         if not store.cancelled():
             store.exception()  # retrieved: the answer loop reports it, or the call is over
-
-
-def _index(rejection: ingest_pb2.RecordRejection) -> int:
-    return rejection.index

@@ -46,6 +46,8 @@ class Settings:
     # HTTP listener: most open connections, and seconds an idle keep-alive or a request that
     # never finishes its headers or body may hold a connection.
     http_max_connections: int = 1_000
+    # The largest JSON body accepted (after gzip decompression); larger is 413.
+    http_max_body_bytes: int = 10 * 1024 * 1024
     http_timeout: float = 30.0
     log_level: str = "INFO"
     log_format: str = "text"

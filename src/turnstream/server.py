@@ -27,15 +27,21 @@ from turnstream.config import Settings, split_addr
 from turnstream.core.pipeline import Pipeline
 from turnstream.core.pricing import PriceTable
 from turnstream.core.service import IngestCalls
+from turnstream.doors import http_kubiya
 from turnstream.doors.admission import Admission
 from turnstream.doors.grpc_guard import add_guarded
 from turnstream.doors.grpc_ingest import IngestServicer
 from turnstream.doors.grpc_stream import StreamDoor
+from turnstream.doors.http import HttpContext, build_app
 from turnstream.store.engine import create_engine, migrate
+from turnstream.store.queries import Reads
 from turnstream.store.writer import Writer
 from turnstream.v1 import ingest_pb2, ingest_pb2_grpc
 
 log = logging.getLogger(__name__)
+
+# Each wire format's JSON routes, composed on the HTTP listener.
+HTTP_ROUTES = [http_kubiya.routes]
 
 SERVICE = ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name
 
@@ -110,7 +116,14 @@ class Server:
         if self.grpc_port == 0:
             raise OSError(f"cannot listen on {s.grpc_addr} (gRPC): address in use or not local")
         await self._grpc.start()
-        await self._start_http()
+        http = HttpContext(
+            pipeline,
+            self.writer,
+            max_body_bytes=s.http_max_body_bytes,
+            max_request_records=s.max_request_records,
+            find_task=Reads(self.engine).find_task,
+        )
+        await self._start_http(build_app(http, HTTP_ROUTES, [Route("/healthz", self._healthz)]))
         for name in ("", SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._serving = True
@@ -123,7 +136,7 @@ class Server:
             self.engine.url.render_as_string(hide_password=True),
         )
 
-    async def _start_http(self) -> None:
+    async def _start_http(self, app: Starlette) -> None:
         host, port = split_addr(self.settings.http_addr)
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -137,7 +150,6 @@ class Server:
                 f"cannot listen on {self.settings.http_addr} (HTTP): {exc.strerror}"
             ) from exc
         self.http_port = sock.getsockname()[1]
-        app = Starlette(routes=[Route("/healthz", self._healthz)])
         config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
         self._http = uvicorn.Server(config)
         self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]))

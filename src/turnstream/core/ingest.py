@@ -46,18 +46,22 @@ async def write(
         if n:
             await asyncio.sleep(0)  # let other callers' work in between chunks
         prepared = pipeline.prepare(tenant_id, door, list(itertools.islice(items, CHUNK_RECORDS)))
-        part = await sink.submit(prepared.batch)
-        answer_failures(prepared, part)
-        for kind, counts in part.counts.items():
-            into = outcome.counts[kind]
-            into.created += counts.created
-            into.updated += counts.updated
-            into.unchanged += counts.unchanged
-        total.rejections += prepared.rejections
-        total.accepted += prepared.accepted
-        total.unpriced += prepared.unpriced
+        _absorb(total, outcome, prepared, await sink.submit(prepared.batch))
     total.rejections.sort(key=lambda r: (r.kind, r.index))
     return total, outcome
+
+
+def _absorb(total: Prepared, outcome: BatchOutcome, prepared: Prepared, part: BatchOutcome) -> None:
+    """Add one committed chunk to the request's answer (rows the database refused included)."""
+    answer_failures(prepared, part)
+    for kind, counts in part.counts.items():
+        into = outcome.counts[kind]
+        into.created += counts.created
+        into.updated += counts.updated
+        into.unchanged += counts.unchanged
+    total.rejections += prepared.rejections
+    total.accepted += prepared.accepted
+    total.unpriced += prepared.unpriced
 
 
 async def keep_unparsed(
@@ -124,3 +128,42 @@ def write_response(prepared: Prepared, outcome: BatchOutcome) -> ingest_pb2.Writ
         rejections=prepared.rejections,
         execution_id=ids.pop() if len(ids) == 1 else "",
     )
+
+
+async def write_all_or_nothing(
+    sink: Sink,
+    pipeline: Pipeline,
+    tenant_id: str,
+    door: str,
+    items: list[Item],
+    body: bytes,
+    parsed: dict[str, Any] | None,
+) -> tuple[Prepared, BatchOutcome | None]:
+    """For formats whose callers expect an invalid request to store nothing (Kubiya, as
+    FastAPI answers 422): every record is validated first; if any is invalid, none is stored
+    and the whole body is kept as one dead letter with every violation. Returns the prepared
+    records and the outcome, None when nothing was stored."""
+    chunks: list[Prepared] = []
+    for n in range(0, max(len(items), 1), CHUNK_RECORDS):
+        if n:
+            await asyncio.sleep(0)
+        chunks.append(pipeline.prepare(tenant_id, door, items[n : n + CHUNK_RECORDS]))
+    rejections = [r for chunk in chunks for r in chunk.rejections]
+    if rejections:
+        execution_id = (parsed or {}).get("execution_id")
+        await keep_unparsed(
+            sink,
+            pipeline,
+            tenant_id,
+            door,
+            body,
+            [v for r in rejections for v in r.violations],
+            parsed=parsed,
+            execution_id=execution_id if isinstance(execution_id, str) else None,
+        )
+        failed = Prepared(WriteBatch(tenant_id, door=door), rejections=rejections)
+        return failed, None
+    total, outcome = Prepared(WriteBatch(tenant_id, door=door)), BatchOutcome()
+    for chunk in chunks:
+        _absorb(total, outcome, chunk, await sink.submit(chunk.batch))
+    return total, outcome

@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
 
 
+async def no_tasks(_tenant: str, _task_id: str) -> tuple[str, str] | None:
+    return None
+
+
 def default_tenant(_request: Request) -> str:
     # Until auth lands every record belongs to tenant "default" (keys are accepted and ignored).
     return "default"
@@ -44,6 +48,9 @@ class HttpContext:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_request_records: int = 100_000
     tenant_of: Callable[[Request], str] = default_tenant
+    # (tenant, task_id) -> (execution_id, task_description) of a stored task, for updates
+    # that name a task by its id alone (Kubiya's PATCH /tasks/{task_id}).
+    find_task: Callable[[str, str], Awaitable[tuple[str, str] | None]] = no_tasks
 
 
 class HttpFailure(Exception):
@@ -127,12 +134,9 @@ def parse_json(body: bytes) -> Any:
     except UnicodeDecodeError as exc:
         problem = f"the body is not UTF-8: invalid byte at offset {exc.start}"
     except json.JSONDecodeError as exc:
-        problem = (
-            f"the body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno} "
-            f"(byte {exc.pos})"
-        )
+        problem = f"{exc.msg} at line {exc.lineno} column {exc.colno} (byte {exc.pos})"
     except RecursionError:
-        problem = "the body is not valid JSON: nested too deeply"
+        problem = "nested too deeply"
     raise HttpFailure(errors.malformed("JSON body", problem), body=body)
 
 

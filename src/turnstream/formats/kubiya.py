@@ -28,7 +28,7 @@ import calendar
 import datetime as dt
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any, TypeVar
@@ -444,3 +444,38 @@ def _integral(value: Any) -> Any:
     if isinstance(value, list):
         return [_integral(v) for v in value]
     return value
+
+
+# --- answers ------------------------------------------------------------------------------------
+
+_PATH_PART = re.compile(r"\[(\d+)\]|\['((?:[^'\\]|\\.)*)'\]|\[\"((?:[^\"\\]|\\.)*)\"\]|([^.\[\]]+)")
+# Our violation reasons as pydantic error types, where pydantic has one.
+_TYPES = {"REQUIRED": "missing", "TOO_LONG": "string_too_long", "NEGATIVE": "greater_than_equal"}
+
+
+def loc_of(path: str) -> list[str | int]:
+    """ "turns[0].metrics['a b']" -> ["turns", 0, "metrics", "a b"]: FastAPI's loc, from the
+    core's field path."""
+    out: list[str | int] = []
+    for index, single, double, name in _PATH_PART.findall(path):
+        if index:
+            out.append(int(index))
+        else:
+            out.append(single or double or name)
+    return out
+
+
+def validation_error(violations: Any, parse_errors: Sequence[ParseError] = ()) -> dict[str, Any]:
+    """FastAPI's 422 body, `{"detail": [{"loc": ["body", ...], "msg", "type"}]}`: type and
+    shape errors found while parsing, then the core's violations (REQUIRED -> "missing")."""
+    detail = [{"loc": ["body", *e.loc], "msg": e.msg, "type": e.type} for e in parse_errors]
+    for v in violations:
+        reason = str(v.reason)
+        detail.append(
+            {
+                "loc": ["body", *loc_of(str(v.field))],
+                "msg": "Field required" if reason == "REQUIRED" else str(v.description),
+                "type": _TYPES.get(reason, reason.lower()),
+            }
+        )
+    return {"detail": detail}

@@ -27,7 +27,7 @@ from turnstream.config import Settings, split_addr
 from turnstream.core.pipeline import Pipeline
 from turnstream.core.pricing import PriceTable
 from turnstream.core.service import IngestCalls
-from turnstream.doors import http_kubiya
+from turnstream.doors import http_kubiya, http_native
 from turnstream.doors.admission import Admission
 from turnstream.doors.grpc_guard import add_guarded
 from turnstream.doors.grpc_ingest import IngestServicer
@@ -39,9 +39,6 @@ from turnstream.store.writer import Writer
 from turnstream.v1 import ingest_pb2, ingest_pb2_grpc
 
 log = logging.getLogger(__name__)
-
-# Each wire format's JSON routes, composed on the HTTP listener.
-HTTP_ROUTES = [http_kubiya.routes]
 
 SERVICE = ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name
 
@@ -67,6 +64,7 @@ class Server:
         self.health = health.aio.HealthServicer()
         self._grpc: grpc.aio.Server | None = None
         self._http: uvicorn.Server | None = None
+        self.http_app: Starlette | None = None
         self._http_task: asyncio.Task[None] | None = None
         self._streaming: StreamDoor | None = None
         self._serving = False
@@ -83,7 +81,9 @@ class Server:
         await self.writer.start()
         pipeline = Pipeline(prices)
         self._streaming = StreamDoor(pipeline, self.writer, s)
-        calls = IngestCalls(pipeline, self.writer, s.max_request_records)
+        calls = IngestCalls(
+            pipeline, self.writer, s.max_request_records, self.writer.committed_offset
+        )
         servicer = IngestServicer(calls, self._streaming)
 
         # Without --workers a second server on the same port must fail, not silently share it.
@@ -123,7 +123,9 @@ class Server:
             max_request_records=s.max_request_records,
             find_task=Reads(self.engine).find_task,
         )
-        await self._start_http(build_app(http, HTTP_ROUTES, [Route("/healthz", self._healthz)]))
+        # Each wire format's JSON routes, composed on the HTTP listener.
+        formats = [http_native.routes_for(calls), http_kubiya.routes]
+        await self._start_http(build_app(http, formats, [Route("/healthz", self._healthz)]))
         for name in ("", SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._serving = True
@@ -137,6 +139,7 @@ class Server:
         )
 
     async def _start_http(self, app: Starlette) -> None:
+        self.http_app = app
         host, port = split_addr(self.settings.http_addr)
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -5,9 +5,12 @@ the google.rpc.Status to answer with (built from the one error table in turnstre
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+import unicodedata
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, NoReturn
+
+from google.rpc import status_pb2
 
 from turnstream import errors
 from turnstream.core import ingest
@@ -25,6 +28,31 @@ from turnstream.v1 import ingest_pb2
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_REQUEST_RECORDS = 100_000
+MAX_STREAM_ID = 256
+
+# (tenant, stream_id) -> the stream's committed offset, None when it was never opened.
+StreamOffset = Callable[[str, str], Awaitable[int | None]]
+
+
+async def _no_streams(_tenant: str, _stream_id: str) -> int | None:
+    return None
+
+
+def stream_id_problem(stream_id: str, field: str) -> status_pb2.Status | None:
+    """None when valid, else the INVALID_ARGUMENT status naming `field`."""
+    if not stream_id:
+        return errors.invalid_request(field, "stream_id is required", "REQUIRED")
+    if len(stream_id) > MAX_STREAM_ID:
+        return errors.invalid_request(
+            field,
+            f"stream_id has {len(stream_id)} characters, more than {MAX_STREAM_ID}",
+            "TOO_LONG",
+        )
+    if any(unicodedata.category(c) == "Cc" for c in stream_id):
+        return errors.invalid_request(
+            field, "stream_id must not contain control characters", "INVALID_CHARACTERS"
+        )
+    return None
 
 
 @asynccontextmanager
@@ -49,10 +77,25 @@ class IngestCalls:
         pipeline: Pipeline,
         sink: ingest.Sink,
         max_request_records: int = DEFAULT_MAX_REQUEST_RECORDS,
+        stream_offset: StreamOffset = _no_streams,
     ) -> None:
         self.pipeline = pipeline
         self.sink = sink
         self.max_request_records = max_request_records
+        self.stream_offset = stream_offset
+
+    async def get_stream(
+        self, request: ingest_pb2.GetStreamRequest, tenant_id: str
+    ) -> ingest_pb2.GetStreamResponse:
+        """A stream's committed offset (0 for a stream never opened)."""
+        problem = stream_id_problem(request.stream_id, "stream_id")
+        if problem is not None:
+            raise Failure(problem)
+        async with failures("GetStream"):
+            offset = await self.stream_offset(tenant_id, request.stream_id)
+        return ingest_pb2.GetStreamResponse(
+            stream_id=request.stream_id, committed_offset=offset or 0
+        )
 
     async def write(
         self, request: ingest_pb2.WriteRequest, tenant_id: str, door: str

@@ -110,4 +110,4 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     async def GetStream(
         self, request: ingest_pb2.GetStreamRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> ingest_pb2.GetStreamResponse:
-        return await self.streaming.get_stream(request, context, self.tenant_of(context))
+        return await answer(context, self.calls.get_stream(request, self.tenant_of(context)))

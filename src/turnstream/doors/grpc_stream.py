@@ -6,17 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import unicodedata
 from typing import Any
 
 import grpc
 from google.protobuf import duration_pb2
-from google.rpc import status_pb2
 
-from turnstream import errors
 from turnstream.config import Settings
 from turnstream.core.pipeline import Pipeline
-from turnstream.core.ports import StoreUnavailable
 from turnstream.doors.grpc_ingest import abort
 from turnstream.doors.stream_rules import shutting_down
 from turnstream.doors.stream_session import Session
@@ -25,7 +21,6 @@ from turnstream.v1 import ingest_pb2
 
 log = logging.getLogger(__name__)
 
-MAX_STREAM_ID = 256
 # After the grace period, calls still answering are ended; this bounds how long that takes.
 STOP_TIMEOUT = 1.0
 
@@ -67,24 +62,6 @@ class StreamDoor:
             del self._calls[session]
             finished.set_result(None)
 
-    async def get_stream(
-        self,
-        request: ingest_pb2.GetStreamRequest,
-        context: grpc.aio.ServicerContext[Any, Any],
-        tenant: str,
-    ) -> ingest_pb2.GetStreamResponse:
-        problem = self.check_stream_id(request.stream_id, "stream_id")
-        if problem is not None:
-            await abort(context, problem)
-        try:
-            state = await self.writer.stream_state(tenant, request.stream_id)
-        except StoreUnavailable as exc:
-            await abort(context, errors.unavailable(str(exc), exc.retry_after))
-        return ingest_pb2.GetStreamResponse(
-            stream_id=request.stream_id,
-            committed_offset=0 if state is None else state.committed_offset,
-        )
-
     async def drain(self, grace: float) -> None:
         """For a shutdown: refuse new opens; let every call stop reading, answer what it read
         (committed) and end with `drain` + OK. Calls still busy after `grace` seconds end with
@@ -123,20 +100,3 @@ class StreamDoor:
         key = (session.tenant, session.stream_id)
         if self._streams.get(key) is session:
             del self._streams[key]
-
-    @staticmethod
-    def check_stream_id(stream_id: str, field: str) -> status_pb2.Status | None:
-        """None when valid, else the INVALID_ARGUMENT status naming `field`."""
-        if not stream_id:
-            return errors.invalid_request(field, "stream_id is required", "REQUIRED")
-        if len(stream_id) > MAX_STREAM_ID:
-            return errors.invalid_request(
-                field,
-                f"stream_id has {len(stream_id)} characters, more than {MAX_STREAM_ID}",
-                "TOO_LONG",
-            )
-        if any(unicodedata.category(c) == "Cc" for c in stream_id):
-            return errors.invalid_request(
-                field, "stream_id must not contain control characters", "INVALID_CHARACTERS"
-            )
-        return None

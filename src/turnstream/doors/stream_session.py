@@ -17,6 +17,7 @@ from turnstream import errors
 from turnstream.core.batch import BatchOutcome, StreamAdvance, WriteBatch
 from turnstream.core.pipeline import Prepared, answer_failures
 from turnstream.core.ports import StoreUnavailable, StreamConflict
+from turnstream.core.service import stream_id_problem
 from turnstream.doors import stream_rules as rules
 from turnstream.doors.grpc_guard import Malformed
 from turnstream.doors.grpc_ingest import abort
@@ -142,7 +143,7 @@ class Session:
             return await self._committed(end.store, heartbeat=False) or end.status
         if first.WhichOneof("kind") != "open":
             return rules.open_required()
-        problem = self.door.check_stream_id(first.open.stream_id, "open.stream_id")
+        problem = stream_id_problem(first.open.stream_id, "open.stream_id")
         if problem is not None:
             return problem
         if self.door.draining:

@@ -131,6 +131,10 @@ class Writer:
 
         return await self._call(call)
 
+    async def committed_offset(self, tenant_id: str, stream_id: str) -> int | None:
+        state = await self.stream_state(tenant_id, stream_id)
+        return None if state is None else state.committed_offset
+
     async def close(self, grace: float = 10.0) -> None:
         """Stop taking batches, commit everything queued, then release the connection."""
         if self._task is None:

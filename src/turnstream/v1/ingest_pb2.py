@@ -22,66 +22,77 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.rpc import error_details_pb2 as google_dot_rpc_dot_error__details__pb2
 from turnstream.v1 import records_pb2 as turnstream_dot_v1_dot_records__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aturnstream/v1/ingest.proto\x12\rturnstream.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1egoogle/rpc/error_details.proto\x1a\x1bturnstream/v1/records.proto\"\xc6\x01\n\x0cWriteRequest\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12+\n\texecution\x18\x02 \x01(\x0b\x32\x18.turnstream.v1.Execution\x12\"\n\x05turns\x18\x03 \x03(\x0b\x32\x13.turnstream.v1.Turn\x12+\n\ntool_calls\x18\x04 \x03(\x0b\x32\x17.turnstream.v1.ToolCall\x12\"\n\x05tasks\x18\x05 \x03(\x0b\x32\x13.turnstream.v1.Task\"U\n\x0cRecordCounts\x12\x0f\n\x07\x63reated\x18\x01 \x01(\x05\x12\x0f\n\x07updated\x18\x02 \x01(\x05\x12\x11\n\tunchanged\x18\x03 \x01(\x05\x12\x10\n\x08rejected\x18\x04 \x01(\x05\"\x8b\x02\n\x0bWriteCounts\x12*\n\x05total\x18\x01 \x01(\x0b\x32\x1b.turnstream.v1.RecordCounts\x12*\n\x05turns\x18\x02 \x01(\x0b\x32\x1b.turnstream.v1.RecordCounts\x12/\n\ntool_calls\x18\x03 \x01(\x0b\x32\x1b.turnstream.v1.RecordCounts\x12*\n\x05tasks\x18\x04 \x01(\x0b\x32\x1b.turnstream.v1.RecordCounts\x12/\n\nexecutions\x18\x05 \x01(\x0b\x32\x1b.turnstream.v1.RecordCounts\x12\x16\n\x0eunpriced_turns\x18\x06 \x01(\x05\"\x84\x01\n\x0fRecordRejection\x12\'\n\x04kind\x18\x01 \x01(\x0e\x32\x19.turnstream.v1.RecordKind\x12\r\n\x05index\x18\x02 \x01(\x05\x12\x39\n\nviolations\x18\x03 \x03(\x0b\x32%.google.rpc.BadRequest.FieldViolation\"\x85\x01\n\rWriteResponse\x12*\n\x06\x63ounts\x18\x01 \x01(\x0b\x32\x1a.turnstream.v1.WriteCounts\x12\x32\n\nrejections\x18\x02 \x03(\x0b\x32\x1e.turnstream.v1.RecordRejection\x12\x14\n\x0c\x65xecution_id\x18\x03 \x01(\t\"6\n\x11\x43reateTurnRequest\x12!\n\x04turn\x18\x01 \x01(\x0b\x32\x13.turnstream.v1.Turn\"7\n\x12\x43reateTurnResponse\x12!\n\x04turn\x18\x01 \x01(\x0b\x32\x13.turnstream.v1.Turn\"C\n\x15\x43reateToolCallRequest\x12*\n\ttool_call\x18\x01 \x01(\x0b\x32\x17.turnstream.v1.ToolCall\"D\n\x16\x43reateToolCallResponse\x12*\n\ttool_call\x18\x01 \x01(\x0b\x32\x17.turnstream.v1.ToolCall\"6\n\x11\x43reateTaskRequest\x12!\n\x04task\x18\x01 \x01(\x0b\x32\x13.turnstream.v1.Task\"7\n\x12\x43reateTaskResponse\x12!\n\x04task\x18\x01 \x01(\x0b\x32\x13.turnstream.v1.Task\"\x9e\x01\n\rAppendRequest\x12)\n\x04open\x18\x01 \x01(\x0b\x32\x19.turnstream.v1.OpenStreamH\x00\x12+\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x1a.turnstream.v1.AppendBatchH\x00\x12-\n\theartbeat\x18\x03 \x01(\x0b\x32\x18.turnstream.v1.HeartbeatH\x00\x42\x06\n\x04kind\"\x1f\n\nOpenStream\x12\x11\n\tstream_id\x18\x01 \x01(\t\"E\n\x0b\x41ppendBatch\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12&\n\x07records\x18\x02 \x03(\x0b\x32\x15.turnstream.v1.Record\"\xb7\x01\n\x06Record\x12#\n\x04turn\x18\x01 \x01(\x0b\x32\x13.turnstream.v1.TurnH\x00\x12,\n\ttool_call\x18\x02 \x01(\x0b\x32\x17.turnstream.v1.ToolCallH\x00\x12#\n\x04task\x18\x03 \x01(\x0b\x32\x13.turnstream.v1.TaskH\x00\x12-\n\texecution\x18\x04 \x01(\x0b\x32\x18.turnstream.v1.ExecutionH\x00\x42\x06\n\x04kind\"\x0b\n\tHeartbeat\"\xc5\x01\n\x0e\x41ppendResponse\x12-\n\x06opened\x18\x01 \x01(\x0b\x32\x1b.turnstream.v1.StreamOpenedH\x00\x12&\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x17.turnstream.v1.BatchAckH\x00\x12-\n\theartbeat\x18\x03 \x01(\x0b\x32\x18.turnstream.v1.HeartbeatH\x00\x12%\n\x05\x64rain\x18\x04 \x01(\x0b\x32\x14.turnstream.v1.DrainH\x00\x42\x06\n\x04kind\"\x97\x01\n\x0cStreamLimits\x12\x19\n\x11max_batch_records\x18\x01 \x01(\x05\x12\x17\n\x0fmax_batch_bytes\x18\x02 \x01(\x03\x12\x1c\n\x14max_inflight_batches\x18\x03 \x01(\x05\x12\x35\n\x12heartbeat_interval\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"U\n\x0cStreamOpened\x12\x18\n\x10\x63ommitted_offset\x18\x01 \x01(\x03\x12+\n\x06limits\x18\x02 \x01(\x0b\x32\x1b.turnstream.v1.StreamLimits\"\xad\x01\n\x08\x42\x61tchAck\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x14\n\x0crecord_count\x18\x02 \x01(\x05\x12-\n\x07outcome\x18\x03 \x01(\x0e\x32\x1c.turnstream.v1.AppendOutcome\x12\x18\n\x10\x63ommitted_offset\x18\x04 \x01(\x03\x12\x32\n\nrejections\x18\x05 \x03(\x0b\x32\x1e.turnstream.v1.RecordRejection\"\x17\n\x05\x44rain\x12\x0e\n\x06reason\x18\x01 \x01(\t\"%\n\x10GetStreamRequest\x12\x11\n\tstream_id\x18\x01 \x01(\t\"@\n\x11GetStreamResponse\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\x18\n\x10\x63ommitted_offset\x18\x02 \x01(\x03*\x87\x01\n\rAppendOutcome\x12\x1e\n\x1a\x41PPEND_OUTCOME_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x41PPEND_OUTCOME_APPENDED\x10\x01\x12!\n\x1d\x41PPEND_OUTCOME_ALREADY_STORED\x10\x02\x12\x16\n\x12\x41PPEND_OUTCOME_GAP\x10\x03\x32\xf3\x03\n\rIngestService\x12\x42\n\x05Write\x12\x1b.turnstream.v1.WriteRequest\x1a\x1c.turnstream.v1.WriteResponse\x12Q\n\nCreateTurn\x12 .turnstream.v1.CreateTurnRequest\x1a!.turnstream.v1.CreateTurnResponse\x12]\n\x0e\x43reateToolCall\x12$.turnstream.v1.CreateToolCallRequest\x1a%.turnstream.v1.CreateToolCallResponse\x12Q\n\nCreateTask\x12 .turnstream.v1.CreateTaskRequest\x1a!.turnstream.v1.CreateTaskResponse\x12I\n\x06\x41ppend\x12\x1c.turnstream.v1.AppendRequest\x1a\x1d.turnstream.v1.AppendResponse(\x01\x30\x01\x12N\n\tGetStream\x12\x1f.turnstream.v1.GetStreamRequest\x1a .turnstream.v1.GetStreamResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aturnstream/v1/ingest.proto\x12\rturnstream.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1egoogle/rpc/error_details.proto\x1a\x1bturnstream/v1/records.proto\"\xc6\x01\n\x0cWriteRequest\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12+\n\texecution\x18\x02 \x01(\x0b\x32\x18.turnstream.v1.Execution\x12\"\n\x05turns\x18\x03 \x03(\x0b\x32\x13.turnstream.v1.Turn\x12+\n\ntool_calls\x18\x04 \x03(\x0b\x32\x17.turnstream.v1.ToolCall\x12\"\n\x05tasks\x18\x05 \x03(\x0b\x32\x13.turnstream.v1.Task\"U\n\x0cRecordCounts\x12\x0f\n\x07\x63reated\x18\x01 \x01(\x05\x12\x0f\n\x07updated\x18\x02 \x01(\x05\x12\x11\n\tunchanged\x18\x03 \x01(\x05\x12\x10\n\x08rejected\x18\x04 \x01(\x05\"\x8b\x02\n\x0bWriteCounts\x12*\n\x05total\x18\x01 \x01(\x0b\x32\x1b.turnstream.v1.RecordCounts\x12*\n\x05turns\x18\x02 \x01(\x0b\x32\x1b.turnstream.v1.RecordCounts\x12/\n\ntool_calls\x18\x03 \x01(\x0b\x32\x1b.turnstream.v1.RecordCounts\x12*\n\x05tasks\x18\x04 \x01(\x0b\x32\x1b.turnstream.v1.RecordCounts\x12/\n\nexecutions\x18\x05 \x01(\x0b\x32\x1b.turnstream.v1.RecordCounts\x12\x16\n\x0eunpriced_turns\x18\x06 \x01(\x05\"\x84\x01\n\x0fRecordRejection\x12\'\n\x04kind\x18\x01 \x01(\x0e\x32\x19.turnstream.v1.RecordKind\x12\r\n\x05index\x18\x02 \x01(\x05\x12\x39\n\nviolations\x18\x03 \x03(\x0b\x32%.google.rpc.BadRequest.FieldViolation\"\x85\x01\n\rWriteResponse\x12*\n\x06\x63ounts\x18\x01 \x01(\x0b\x32\x1a.turnstream.v1.WriteCounts\x12\x32\n\nrejections\x18\x02 \x03(\x0b\x32\x1e.turnstream.v1.RecordRejection\x12\x14\n\x0c\x65xecution_id\x18\x03 \x01(\t\"6\n\x11\x43reateTurnRequest\x12!\n\x04turn\x18\x01 \x01(\x0b\x32\x13.turnstream.v1.Turn\"7\n\x12\x43reateTurnResponse\x12!\n\x04turn\x18\x01 \x01(\x0b\x32\x13.turnstream.v1.Turn\"C\n\x15\x43reateToolCallRequest\x12*\n\ttool_call\x18\x01 \x01(\x0b\x32\x17.turnstream.v1.ToolCall\"D\n\x16\x43reateToolCallResponse\x12*\n\ttool_call\x18\x01 \x01(\x0b\x32\x17.turnstream.v1.ToolCall\"6\n\x11\x43reateTaskRequest\x12!\n\x04task\x18\x01 \x01(\x0b\x32\x13.turnstream.v1.Task\"7\n\x12\x43reateTaskResponse\x12!\n\x04task\x18\x01 \x01(\x0b\x32\x13.turnstream.v1.Task\"\x9e\x01\n\rAppendRequest\x12)\n\x04open\x18\x01 \x01(\x0b\x32\x19.turnstream.v1.OpenStreamH\x00\x12+\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x1a.turnstream.v1.AppendBatchH\x00\x12-\n\theartbeat\x18\x03 \x01(\x0b\x32\x18.turnstream.v1.HeartbeatH\x00\x42\x06\n\x04kind\"\x1f\n\nOpenStream\x12\x11\n\tstream_id\x18\x01 \x01(\t\"E\n\x0b\x41ppendBatch\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12&\n\x07records\x18\x02 \x03(\x0b\x32\x15.turnstream.v1.Record\"\xb7\x01\n\x06Record\x12#\n\x04turn\x18\x01 \x01(\x0b\x32\x13.turnstream.v1.TurnH\x00\x12,\n\ttool_call\x18\x02 \x01(\x0b\x32\x17.turnstream.v1.ToolCallH\x00\x12#\n\x04task\x18\x03 \x01(\x0b\x32\x13.turnstream.v1.TaskH\x00\x12-\n\texecution\x18\x04 \x01(\x0b\x32\x18.turnstream.v1.ExecutionH\x00\x42\x06\n\x04kind\"\x0b\n\tHeartbeat\"\xc5\x01\n\x0e\x41ppendResponse\x12-\n\x06opened\x18\x01 \x01(\x0b\x32\x1b.turnstream.v1.StreamOpenedH\x00\x12&\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x17.turnstream.v1.BatchAckH\x00\x12-\n\theartbeat\x18\x03 \x01(\x0b\x32\x18.turnstream.v1.HeartbeatH\x00\x12%\n\x05\x64rain\x18\x04 \x01(\x0b\x32\x14.turnstream.v1.DrainH\x00\x42\x06\n\x04kind\"\x97\x01\n\x0cStreamLimits\x12\x19\n\x11max_batch_records\x18\x01 \x01(\x05\x12\x17\n\x0fmax_batch_bytes\x18\x02 \x01(\x03\x12\x1c\n\x14max_inflight_batches\x18\x03 \x01(\x05\x12\x35\n\x12heartbeat_interval\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"U\n\x0cStreamOpened\x12\x18\n\x10\x63ommitted_offset\x18\x01 \x01(\x03\x12+\n\x06limits\x18\x02 \x01(\x0b\x32\x1b.turnstream.v1.StreamLimits\"\xad\x01\n\x08\x42\x61tchAck\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x14\n\x0crecord_count\x18\x02 \x01(\x05\x12-\n\x07outcome\x18\x03 \x01(\x0e\x32\x1c.turnstream.v1.AppendOutcome\x12\x18\n\x10\x63ommitted_offset\x18\x04 \x01(\x03\x12\x32\n\nrejections\x18\x05 \x03(\x0b\x32\x1e.turnstream.v1.RecordRejection\"\x17\n\x05\x44rain\x12\x0e\n\x06reason\x18\x01 \x01(\t\"%\n\x10GetStreamRequest\x12\x11\n\tstream_id\x18\x01 \x01(\t\"@\n\x11GetStreamResponse\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\x18\n\x10\x63ommitted_offset\x18\x02 \x01(\x03*\x87\x01\n\rAppendOutcome\x12\x1e\n\x1a\x41PPEND_OUTCOME_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x41PPEND_OUTCOME_APPENDED\x10\x01\x12!\n\x1d\x41PPEND_OUTCOME_ALREADY_STORED\x10\x02\x12\x16\n\x12\x41PPEND_OUTCOME_GAP\x10\x03\x32\x86\x05\n\rIngestService\x12`\n\x05Write\x12\x1b.turnstream.v1.WriteRequest\x1a\x1c.turnstream.v1.WriteResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\"\x11/v1/records:write:\x01*\x12j\n\nCreateTurn\x12 .turnstream.v1.CreateTurnRequest\x1a!.turnstream.v1.CreateTurnResponse\"\x17\x82\xd3\xe4\x93\x02\x11\"\t/v1/turns:\x04turn\x12\x7f\n\x0e\x43reateToolCall\x12$.turnstream.v1.CreateToolCallRequest\x1a%.turnstream.v1.CreateToolCallResponse\" \x82\xd3\xe4\x93\x02\x1a\"\r/v1/toolCalls:\ttool_call\x12j\n\nCreateTask\x12 .turnstream.v1.CreateTaskRequest\x1a!.turnstream.v1.CreateTaskResponse\"\x17\x82\xd3\xe4\x93\x02\x11\"\t/v1/tasks:\x04task\x12I\n\x06\x41ppend\x12\x1c.turnstream.v1.AppendRequest\x1a\x1d.turnstream.v1.AppendResponse(\x01\x30\x01\x12o\n\tGetStream\x12\x1f.turnstream.v1.GetStreamRequest\x1a .turnstream.v1.GetStreamResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/streams/{stream_id}b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'turnstream.v1.ingest_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_APPENDOUTCOME']._serialized_start=2544
-  _globals['_APPENDOUTCOME']._serialized_end=2679
-  _globals['_WRITEREQUEST']._serialized_start=139
-  _globals['_WRITEREQUEST']._serialized_end=337
-  _globals['_RECORDCOUNTS']._serialized_start=339
-  _globals['_RECORDCOUNTS']._serialized_end=424
-  _globals['_WRITECOUNTS']._serialized_start=427
-  _globals['_WRITECOUNTS']._serialized_end=694
-  _globals['_RECORDREJECTION']._serialized_start=697
-  _globals['_RECORDREJECTION']._serialized_end=829
-  _globals['_WRITERESPONSE']._serialized_start=832
-  _globals['_WRITERESPONSE']._serialized_end=965
-  _globals['_CREATETURNREQUEST']._serialized_start=967
-  _globals['_CREATETURNREQUEST']._serialized_end=1021
-  _globals['_CREATETURNRESPONSE']._serialized_start=1023
-  _globals['_CREATETURNRESPONSE']._serialized_end=1078
-  _globals['_CREATETOOLCALLREQUEST']._serialized_start=1080
-  _globals['_CREATETOOLCALLREQUEST']._serialized_end=1147
-  _globals['_CREATETOOLCALLRESPONSE']._serialized_start=1149
-  _globals['_CREATETOOLCALLRESPONSE']._serialized_end=1217
-  _globals['_CREATETASKREQUEST']._serialized_start=1219
-  _globals['_CREATETASKREQUEST']._serialized_end=1273
-  _globals['_CREATETASKRESPONSE']._serialized_start=1275
-  _globals['_CREATETASKRESPONSE']._serialized_end=1330
-  _globals['_APPENDREQUEST']._serialized_start=1333
-  _globals['_APPENDREQUEST']._serialized_end=1491
-  _globals['_OPENSTREAM']._serialized_start=1493
-  _globals['_OPENSTREAM']._serialized_end=1524
-  _globals['_APPENDBATCH']._serialized_start=1526
-  _globals['_APPENDBATCH']._serialized_end=1595
-  _globals['_RECORD']._serialized_start=1598
-  _globals['_RECORD']._serialized_end=1781
-  _globals['_HEARTBEAT']._serialized_start=1783
-  _globals['_HEARTBEAT']._serialized_end=1794
-  _globals['_APPENDRESPONSE']._serialized_start=1797
-  _globals['_APPENDRESPONSE']._serialized_end=1994
-  _globals['_STREAMLIMITS']._serialized_start=1997
-  _globals['_STREAMLIMITS']._serialized_end=2148
-  _globals['_STREAMOPENED']._serialized_start=2150
-  _globals['_STREAMOPENED']._serialized_end=2235
-  _globals['_BATCHACK']._serialized_start=2238
-  _globals['_BATCHACK']._serialized_end=2411
-  _globals['_DRAIN']._serialized_start=2413
-  _globals['_DRAIN']._serialized_end=2436
-  _globals['_GETSTREAMREQUEST']._serialized_start=2438
-  _globals['_GETSTREAMREQUEST']._serialized_end=2475
-  _globals['_GETSTREAMRESPONSE']._serialized_start=2477
-  _globals['_GETSTREAMRESPONSE']._serialized_end=2541
-  _globals['_INGESTSERVICE']._serialized_start=2682
-  _globals['_INGESTSERVICE']._serialized_end=3181
+  _globals['_INGESTSERVICE'].methods_by_name['Write']._loaded_options = None
+  _globals['_INGESTSERVICE'].methods_by_name['Write']._serialized_options = b'\202\323\344\223\002\026\"\021/v1/records:write:\001*'
+  _globals['_INGESTSERVICE'].methods_by_name['CreateTurn']._loaded_options = None
+  _globals['_INGESTSERVICE'].methods_by_name['CreateTurn']._serialized_options = b'\202\323\344\223\002\021\"\t/v1/turns:\004turn'
+  _globals['_INGESTSERVICE'].methods_by_name['CreateToolCall']._loaded_options = None
+  _globals['_INGESTSERVICE'].methods_by_name['CreateToolCall']._serialized_options = b'\202\323\344\223\002\032\"\r/v1/toolCalls:\ttool_call'
+  _globals['_INGESTSERVICE'].methods_by_name['CreateTask']._loaded_options = None
+  _globals['_INGESTSERVICE'].methods_by_name['CreateTask']._serialized_options = b'\202\323\344\223\002\021\"\t/v1/tasks:\004task'
+  _globals['_INGESTSERVICE'].methods_by_name['GetStream']._loaded_options = None
+  _globals['_INGESTSERVICE'].methods_by_name['GetStream']._serialized_options = b'\202\323\344\223\002\031\022\027/v1/streams/{stream_id}'
+  _globals['_APPENDOUTCOME']._serialized_start=2574
+  _globals['_APPENDOUTCOME']._serialized_end=2709
+  _globals['_WRITEREQUEST']._serialized_start=169
+  _globals['_WRITEREQUEST']._serialized_end=367
+  _globals['_RECORDCOUNTS']._serialized_start=369
+  _globals['_RECORDCOUNTS']._serialized_end=454
+  _globals['_WRITECOUNTS']._serialized_start=457
+  _globals['_WRITECOUNTS']._serialized_end=724
+  _globals['_RECORDREJECTION']._serialized_start=727
+  _globals['_RECORDREJECTION']._serialized_end=859
+  _globals['_WRITERESPONSE']._serialized_start=862
+  _globals['_WRITERESPONSE']._serialized_end=995
+  _globals['_CREATETURNREQUEST']._serialized_start=997
+  _globals['_CREATETURNREQUEST']._serialized_end=1051
+  _globals['_CREATETURNRESPONSE']._serialized_start=1053
+  _globals['_CREATETURNRESPONSE']._serialized_end=1108
+  _globals['_CREATETOOLCALLREQUEST']._serialized_start=1110
+  _globals['_CREATETOOLCALLREQUEST']._serialized_end=1177
+  _globals['_CREATETOOLCALLRESPONSE']._serialized_start=1179
+  _globals['_CREATETOOLCALLRESPONSE']._serialized_end=1247
+  _globals['_CREATETASKREQUEST']._serialized_start=1249
+  _globals['_CREATETASKREQUEST']._serialized_end=1303
+  _globals['_CREATETASKRESPONSE']._serialized_start=1305
+  _globals['_CREATETASKRESPONSE']._serialized_end=1360
+  _globals['_APPENDREQUEST']._serialized_start=1363
+  _globals['_APPENDREQUEST']._serialized_end=1521
+  _globals['_OPENSTREAM']._serialized_start=1523
+  _globals['_OPENSTREAM']._serialized_end=1554
+  _globals['_APPENDBATCH']._serialized_start=1556
+  _globals['_APPENDBATCH']._serialized_end=1625
+  _globals['_RECORD']._serialized_start=1628
+  _globals['_RECORD']._serialized_end=1811
+  _globals['_HEARTBEAT']._serialized_start=1813
+  _globals['_HEARTBEAT']._serialized_end=1824
+  _globals['_APPENDRESPONSE']._serialized_start=1827
+  _globals['_APPENDRESPONSE']._serialized_end=2024
+  _globals['_STREAMLIMITS']._serialized_start=2027
+  _globals['_STREAMLIMITS']._serialized_end=2178
+  _globals['_STREAMOPENED']._serialized_start=2180
+  _globals['_STREAMOPENED']._serialized_end=2265
+  _globals['_BATCHACK']._serialized_start=2268
+  _globals['_BATCHACK']._serialized_end=2441
+  _globals['_DRAIN']._serialized_start=2443
+  _globals['_DRAIN']._serialized_end=2466
+  _globals['_GETSTREAMREQUEST']._serialized_start=2468
+  _globals['_GETSTREAMREQUEST']._serialized_end=2505
+  _globals['_GETSTREAMRESPONSE']._serialized_start=2507
+  _globals['_GETSTREAMRESPONSE']._serialized_end=2571
+  _globals['_INGESTSERVICE']._serialized_start=2712
+  _globals['_INGESTSERVICE']._serialized_end=3358
 # @@protoc_insertion_point(module_scope)

@@ -107,7 +107,8 @@ class IngestServiceServicer:
 
     def Append(self, request_iterator, context):
         """Append streams the records of one stream (typically one execution) with exactly-once effect:
-        open, then batches at dense offsets, each acknowledged after it has committed.
+        open, then batches at dense offsets, each acknowledged after it has committed. gRPC only:
+        there is no HTTP mapping for a bidirectional stream.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -50,7 +50,8 @@ class IngestServiceStub:
     """CreateTask stores one task and answers it with its derived fields."""
     Append: _grpc.StreamStreamMultiCallable[_ingest_pb2.AppendRequest, _ingest_pb2.AppendResponse]
     """Append streams the records of one stream (typically one execution) with exactly-once effect:
-    open, then batches at dense offsets, each acknowledged after it has committed.
+    open, then batches at dense offsets, each acknowledged after it has committed. gRPC only:
+    there is no HTTP mapping for a bidirectional stream.
     """
     GetStream: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.GetStreamRequest, _ingest_pb2.GetStreamResponse]
     """GetStream returns a stream's committed offset, for clients that lost their state."""
@@ -77,7 +78,8 @@ class IngestServiceAsyncStub(IngestServiceStub):
     """CreateTask stores one task and answers it with its derived fields."""
     Append: _aio.StreamStreamMultiCallable[_ingest_pb2.AppendRequest, _ingest_pb2.AppendResponse]  # type: ignore[assignment]
     """Append streams the records of one stream (typically one execution) with exactly-once effect:
-    open, then batches at dense offsets, each acknowledged after it has committed.
+    open, then batches at dense offsets, each acknowledged after it has committed. gRPC only:
+    there is no HTTP mapping for a bidirectional stream.
     """
     GetStream: _aio.UnaryUnaryMultiCallable[_ingest_pb2.GetStreamRequest, _ingest_pb2.GetStreamResponse]  # type: ignore[assignment]
     """GetStream returns a stream's committed offset, for clients that lost their state."""
@@ -131,7 +133,8 @@ class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_ingest_pb2.AppendResponse], _abc.AsyncIterator[_ingest_pb2.AppendResponse]]:
         """Append streams the records of one stream (typically one execution) with exactly-once effect:
-        open, then batches at dense offsets, each acknowledged after it has committed.
+        open, then batches at dense offsets, each acknowledged after it has committed. gRPC only:
+        there is no HTTP mapping for a bidirectional stream.
         """
 
     @_abc_1.abstractmethod

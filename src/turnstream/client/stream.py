@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 
 from turnstream.client.backoff import Backoff
+from turnstream.client.channel import channel_for
 from turnstream.client.convert import to_record
 from turnstream.client.errors import Rejection, RPCError, StreamError
 from turnstream.client.outbox import (
@@ -25,7 +26,6 @@ from turnstream.client.outbox import (
     wire_size,
 )
 from turnstream.client.patience import Ending, Patience, stream_retryable
-from turnstream.client.unary import channel_for
 from turnstream.v1 import ingest_pb2, ingest_pb2_grpc
 
 log = logging.getLogger("turnstream.client")

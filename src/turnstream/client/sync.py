@@ -13,8 +13,8 @@ from typing import Any, TypeVar
 
 import grpc
 
-from turnstream.client import unary
 from turnstream.client.backoff import Backoff
+from turnstream.client.channel import channel_options as merged_channel_options
 from turnstream.client.convert import build
 from turnstream.client.errors import Rejection, RPCError, StreamError, raw_status
 from turnstream.client.stream import StreamWriter
@@ -178,7 +178,7 @@ class SyncClient:
         max_retry_time: float | None = 60.0,
         rng: random.Random | None = None,
     ) -> None:
-        options = unary.channel_options(channel_options)
+        options = merged_channel_options(channel_options)
         if credentials is None:
             self._channel = grpc.insecure_channel(target, options=options)
         else:

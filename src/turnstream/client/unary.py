@@ -8,43 +8,18 @@ import asyncio
 import random
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 
 from turnstream.client.backoff import Backoff
+from turnstream.client.channel import channel_for
 from turnstream.client.convert import build
 from turnstream.client.errors import RPCError
+from turnstream.client.stream import StreamWriter
 from turnstream.v1 import ingest_pb2, ingest_pb2_grpc, records_pb2
 
-if TYPE_CHECKING:
-    from turnstream.client.stream import StreamWriter
-
-# The channel's own reconnect backoff defaults to 1 s growing to 120 s: after a server restart
-# that would hold every retry back for minutes. Keep it in step with the SDK's backoff.
-DEFAULT_CHANNEL_OPTIONS: dict[str, Any] = {
-    "grpc.initial_reconnect_backoff_ms": 100,
-    "grpc.min_reconnect_backoff_ms": 100,
-    "grpc.max_reconnect_backoff_ms": 5_000,
-}
-
 RecordInput = Any  # a message of the kind, a mapping of its fields, or None
-
-
-def channel_options(extra: Sequence[tuple[str, Any]] | None) -> list[tuple[str, Any]]:
-    """The SDK's defaults, overridden by the caller's options."""
-    return list({**DEFAULT_CHANNEL_OPTIONS, **dict(extra or ())}.items())
-
-
-def channel_for(
-    target: str,
-    options: Sequence[tuple[str, Any]] | None,
-    credentials: grpc.ChannelCredentials | None,
-) -> grpc.aio.Channel:
-    merged = channel_options(options)
-    if credentials is None:
-        return grpc.aio.insecure_channel(target, options=merged)
-    return grpc.aio.secure_channel(target, credentials, options=merged)
 
 
 def write_request(
@@ -168,8 +143,6 @@ class Client:
 
     def stream(self, stream_id: str, **options: Any) -> StreamWriter:
         """A StreamWriter to the same server, with this client's channel settings."""
-        from turnstream.client.stream import StreamWriter
-
         options.setdefault("channel_options", self._channel_options)
         options.setdefault("metadata", self._metadata)
         options.setdefault("credentials", self._credentials)

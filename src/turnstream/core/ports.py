@@ -3,7 +3,7 @@ service layer turns them into answers, doors never see a driver's exception."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 
 class StoreUnavailable(Exception):
@@ -32,3 +32,18 @@ class Failure(Exception):
     def __init__(self, status: Any) -> None:
         super().__init__(status.message)
         self.status = status
+
+
+class StreamPosition(Protocol):
+    """Where a stream stands after an open: its fencing epoch and committed offset."""
+
+    epoch: int
+    committed_offset: int
+
+
+class StreamStore(Protocol):
+    """What the streaming door needs of the store: open (fence) a stream, submit a batch."""
+
+    async def open_stream(self, tenant_id: str, stream_id: str) -> StreamPosition: ...
+
+    async def submit(self, batch: Any) -> Any: ...

@@ -4,22 +4,23 @@ Failures to gRPC. Append and GetStream are handed to the streaming door."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import grpc
-from google.rpc import status_pb2
-from grpc_status import rpc_status
 
-from turnstream.core.ports import Failure
 from turnstream.core.service import IngestCalls
+from turnstream.doors.grpc_answer import answer
 from turnstream.doors.grpc_guard import Malformed
 from turnstream.v1 import ingest_pb2, ingest_pb2_grpc
 
-if TYPE_CHECKING:  # grpc_stream imports abort() from here
-    from turnstream.doors.grpc_stream import StreamDoor
 
-T = TypeVar("T")
+class Streaming(Protocol):
+    """The streaming door (doors/grpc_stream.py): serves an Append call."""
+
+    async def append(self, context: grpc.aio.ServicerContext[Any, Any], tenant: str) -> None: ...
+
+
 TenantOf = Callable[[grpc.aio.ServicerContext[Any, Any]], str]
 
 
@@ -28,26 +29,13 @@ def default_tenant(_context: grpc.aio.ServicerContext[Any, Any]) -> str:
     return "default"
 
 
-async def abort(context: grpc.aio.ServicerContext[Any, Any], status: status_pb2.Status) -> NoReturn:
-    await context.abort_with_status(rpc_status.to_status(status))
-    raise AssertionError("unreachable")  # abort_with_status always raises
-
-
-async def answer(context: grpc.aio.ServicerContext[Any, Any], call: Awaitable[T]) -> T:
-    """The call's result, or its Failure sent as the call's status."""
-    try:
-        return await call
-    except Failure as failure:
-        await abort(context, failure.status)
-
-
 class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     """Write and Create* here; Append and GetStream are handed to the streaming door."""
 
     def __init__(
         self,
         calls: IngestCalls,
-        streaming: StreamDoor,
+        streaming: Streaming,
         tenant_of: TenantOf = default_tenant,
     ):
         self.calls = calls

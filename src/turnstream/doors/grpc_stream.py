@@ -13,10 +13,10 @@ from google.protobuf import duration_pb2
 
 from turnstream.config import Settings
 from turnstream.core.pipeline import Pipeline
-from turnstream.doors.grpc_ingest import abort
+from turnstream.core.ports import StreamStore
+from turnstream.doors.grpc_answer import abort
 from turnstream.doors.stream_rules import shutting_down
 from turnstream.doors.stream_session import Session
-from turnstream.store.writer import Writer
 from turnstream.v1 import ingest_pb2
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ STOP_TIMEOUT = 1.0
 class StreamDoor:
     """`append` and `get_stream` serve the RPCs; `drain` ends every call for a shutdown."""
 
-    def __init__(self, pipeline: Pipeline, writer: Writer, settings: Settings) -> None:
+    def __init__(self, pipeline: Pipeline, writer: StreamStore, settings: Settings) -> None:
         self.pipeline = pipeline
         self.writer = writer
         self.settings = settings

@@ -19,8 +19,8 @@ from turnstream.core.pipeline import Prepared, answer_failures
 from turnstream.core.ports import StoreUnavailable, StreamConflict
 from turnstream.core.service import stream_id_problem
 from turnstream.doors import stream_rules as rules
+from turnstream.doors.grpc_answer import abort
 from turnstream.doors.grpc_guard import Malformed
-from turnstream.doors.grpc_ingest import abort
 from turnstream.v1 import ingest_pb2
 
 if TYPE_CHECKING:

@@ -1,0 +1,32 @@
+"""SDK: the gRPC channel every SDK call uses, with reconnect settings that suit it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+
+# The channel's own reconnect backoff defaults to 1 s growing to 120 s: after a server restart
+# that would hold every retry back for minutes. Keep it in step with the SDK's backoff.
+DEFAULT_CHANNEL_OPTIONS: dict[str, Any] = {
+    "grpc.initial_reconnect_backoff_ms": 100,
+    "grpc.min_reconnect_backoff_ms": 100,
+    "grpc.max_reconnect_backoff_ms": 5_000,
+}
+
+
+def channel_options(extra: Sequence[tuple[str, Any]] | None) -> list[tuple[str, Any]]:
+    """The SDK's defaults, overridden by the caller's options."""
+    return list({**DEFAULT_CHANNEL_OPTIONS, **dict(extra or ())}.items())
+
+
+def channel_for(
+    target: str,
+    options: Sequence[tuple[str, Any]] | None,
+    credentials: grpc.ChannelCredentials | None,
+) -> grpc.aio.Channel:
+    merged = channel_options(options)
+    if credentials is None:
+        return grpc.aio.insecure_channel(target, options=merged)
+    return grpc.aio.secure_channel(target, credentials, options=merged)

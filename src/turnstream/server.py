@@ -27,7 +27,7 @@ from turnstream.config import Settings, split_addr
 from turnstream.core.pipeline import Pipeline
 from turnstream.core.pricing import PriceTable
 from turnstream.core.service import IngestCalls
-from turnstream.doors import http_kubiya, http_native
+from turnstream.doors import http_kubiya, http_native, openapi
 from turnstream.doors.admission import Admission
 from turnstream.doors.grpc_guard import add_guarded
 from turnstream.doors.grpc_ingest import IngestServicer
@@ -50,6 +50,13 @@ GRPC_OPTIONS = [
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
 ]
+
+
+def openapi_document() -> openapi.Document:
+    """The HTTP listener's OpenAPI: each format's operations, schemas in its own spelling."""
+    native, kubiya = openapi.Schemas("proto3"), openapi.Schemas("kubiya")
+    paths = {**http_native.openapi(native), **http_kubiya.openapi(kubiya)}
+    return openapi.Document(paths, {**native.components, **kubiya.components})
 
 
 class Server:
@@ -123,9 +130,10 @@ class Server:
             max_request_records=s.max_request_records,
             find_task=Reads(self.engine).find_task,
         )
-        # Each wire format's JSON routes, composed on the HTTP listener.
+        # Each wire format's JSON routes, composed on the HTTP listener, and their OpenAPI.
         formats = [http_native.routes_for(calls), http_kubiya.routes]
-        await self._start_http(build_app(http, formats, [Route("/healthz", self._healthz)]))
+        extra = [Route("/healthz", self._healthz), *openapi.routes(openapi_document())]
+        await self._start_http(build_app(http, formats, extra))
         for name in ("", SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._serving = True

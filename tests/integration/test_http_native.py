@@ -77,3 +77,15 @@ async def test_create_get_and_errors_in_aip193(database_url: str) -> None:
     assert len(rows(database_url, "turns")) == 1
     kept = {r["door"] for r in rows(database_url, "rejected_records")}
     assert kept == {"http.CreateTurn", "http.CreateToolCall", "http.CreateTask"}
+
+
+async def test_openapi_and_its_docs_page_are_served_locally(sqlite_url: str) -> None:
+    async with running_server(sqlite_url) as s, client(s) as c:
+        spec = (await c.get("/openapi.json")).json()
+        page = await c.get("/docs")
+        script = await c.get("/docs/docs.js")
+    assert spec["openapi"].startswith("3.1")
+    assert {"/v1/records:write", "/api/v1/analytics/batch"} <= set(spec["paths"])
+    assert page.status_code == 200 and '<script src="/docs/docs.js">' in page.text
+    assert "http" not in page.text.split("<script")[1].split(">")[0].replace("/docs", "")
+    assert script.status_code == 200 and "openapi.json" in script.text

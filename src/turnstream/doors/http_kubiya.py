@@ -192,3 +192,77 @@ def routes(ctx: HttpContext) -> list[BaseRoute]:
         ),
         Route(f"{PREFIX}/tasks/{{task_id}}", patch, methods=["PATCH"], name="kubiya_task_update"),
     ]
+
+
+def openapi(schemas: Any) -> dict[str, dict[str, Any]]:
+    """Kubiya's operations, with its request fields and answers (doors/openapi.py)."""
+    from turnstream.doors.openapi import AIP193, error_responses, json_body
+    from turnstream.v1 import records_pb2
+
+    detail = {"type": "object", "properties": {"detail": {}}, "required": ["detail"]}
+    errors_ = {
+        **error_responses(detail, ("413", "415", "422", "404")),
+        **error_responses(AIP193, ("500", "503")),
+    }
+    batch = {
+        "type": "object",
+        "properties": {
+            "execution_id": {"type": "string"},
+            "turns": {"type": "array", "items": schemas.ref(records_pb2.Turn.DESCRIPTOR)},
+            "tool_calls": {"type": "array", "items": schemas.ref(records_pb2.ToolCall.DESCRIPTOR)},
+            "tasks": {"type": "array", "items": schemas.ref(records_pb2.Task.DESCRIPTOR)},
+        },
+    }
+    created = {
+        "type": "object",
+        "required": ["success", "turns_created", "tool_calls_created", "tasks_created", "errors"],
+        "properties": {
+            "success": {"type": "boolean"},
+            "execution_id": {"type": ["string", "null"]},
+            "turns_created": {"type": "integer"},
+            "tool_calls_created": {"type": "integer"},
+            "tasks_created": {"type": "integer"},
+            "errors": {"type": "array"},
+        },
+    }
+
+    def op(name: str, body: Any, answer_key: str, status: str = "201") -> dict[str, Any]:
+        answer_schema = {
+            "type": "object",
+            "required": ["success"],
+            "properties": {"success": {"type": "boolean"}, answer_key: {}},
+        }
+        return {
+            "operationId": name,
+            "tags": ["kubiya"],
+            "requestBody": {"required": True, **json_body(body)},
+            "responses": {status: json_body(answer_schema), **errors_},
+        }
+
+    patch = op("kubiya_update_task", schemas.ref(records_pb2.Task.DESCRIPTOR), "task_id", "200")
+    patch["parameters"] = [
+        {"name": "task_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    ]
+    return {
+        f"{PREFIX}/batch": {
+            "post": {
+                "operationId": "kubiya_batch",
+                "tags": ["kubiya"],
+                "summary": "Turns, tool calls and tasks of one execution (Kubiya's batch)",
+                "requestBody": {"required": True, **json_body(batch)},
+                "responses": {"201": json_body(created), **errors_},
+            }
+        },
+        f"{PREFIX}/turns": {
+            "post": op("kubiya_turn", schemas.ref(records_pb2.Turn.DESCRIPTOR), "turn_id")
+        },
+        f"{PREFIX}/tool-calls": {
+            "post": op(
+                "kubiya_tool_call", schemas.ref(records_pb2.ToolCall.DESCRIPTOR), "tool_call_id"
+            )
+        },
+        f"{PREFIX}/tasks": {
+            "post": op("kubiya_task", schemas.ref(records_pb2.Task.DESCRIPTOR), "task_id")
+        },
+        f"{PREFIX}/tasks/{{task_id}}": {"patch": patch},
+    }

@@ -160,3 +160,36 @@ def routes_for(calls: IngestCalls) -> Callable[[HttpContext], list[BaseRoute]]:
         return [_route(ctx, calls, rule) for rule in rules()]
 
     return routes
+
+
+def openapi(schemas: Any) -> dict[str, dict[str, Any]]:
+    """The native routes' OpenAPI operations (doors/openapi.py assembles them)."""
+    from turnstream.doors.openapi import AIP193, error_responses, json_body
+
+    paths: dict[str, dict[str, Any]] = {}
+    for rule in rules():
+        method = rule.method
+        op: dict[str, Any] = {
+            "operationId": method.name,
+            "summary": f"{method.containing_service.name}.{method.name} as JSON",
+            "tags": ["native"],
+            "responses": {
+                "200": json_body(schemas.ref(method.output_type)),
+                **error_responses(AIP193, ("400", "413", "415", "500", "503")),
+            },
+        }
+        if rule.body:
+            target = method.input_type
+            if rule.body != "*":
+                field_type = target.fields_by_name[rule.body].message_type
+                assert field_type is not None, "a body field is a message"
+                target = field_type
+            op["requestBody"] = {"required": True, **json_body(schemas.ref(target))}
+        params = _VARIABLE.findall(rule.path)
+        if params:
+            op["parameters"] = [
+                {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
+                for p in params
+            ]
+        paths.setdefault(rule.path, {})[rule.verb.lower()] = op
+    return paths

@@ -1,0 +1,1 @@
+"""The HTTP listener pages and their scripts, served from the package (no CDN)."""

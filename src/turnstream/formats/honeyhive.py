@@ -38,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import uuid
 from collections.abc import Callable, Mapping
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -144,7 +145,7 @@ class _Builder:
         self.metadata: dict[str, Any] = {}
 
     def bad(self, name: str, description: str, reason: str = "INVALID_TYPE") -> None:
-        field = self.prefix + name
+        field = self.prefix + name if name else self.prefix.rstrip(".")
         self.violations.append(FieldViolation(field=field, description=description, reason=reason))
 
 
@@ -471,19 +472,66 @@ def _integral(value: Any) -> Any:
     return value
 
 
+# --- violations in HoneyHive's words ---------------------------------------------------------
+
+# The core names record fields; a HoneyHive client knows its event's. Structs keyed by HoneyHive
+# names (inputs, outputs, metadata) drop out of a path: metadata.config.x is the event's config.x.
+HONEYHIVE_NAMES = {
+    "started_at": "start_time",
+    "completed_at": "end_time",
+    "duration_ms": "duration",
+    "execution_id": "session_id",
+    **dict.fromkeys(("turn_id", "tool_use_id", "task_id", "turn_number"), "event_id"),
+    **dict.fromkeys(("tool_name", "task_description"), "event_name"),
+    "workflow_name": "session_name",
+    "model_provider": "provider",
+    "error_message": "error",
+    "total_cost": "cost",
+    "tool_input": "inputs",
+    **dict.fromkeys(("tool_output", "result"), "outputs"),
+    **dict.fromkeys((f for f, _ in _TOKENS), "usage"),
+}
+_WORDS = re.compile(r"\b(" + "|".join(HONEYHIVE_NAMES) + r")\b")
+_WRAPPERS = ("inputs.", "outputs.", "metadata.")
+
+
+def in_honeyhive_terms(field: str, description: str, path: str) -> tuple[str, str]:
+    """A core violation of the record made at `path`, as its HoneyHive field and sentence:
+    ("model_events[2].started_at", "started_at is required") -> ("model_events[2].start_time",
+    "start_time is required")."""
+    prefix = f"{path}." if path else ""
+    if not field.startswith(prefix):
+        return field, description
+    rest = field[len(prefix) :]
+    for wrapper in _WRAPPERS:
+        if rest.startswith(wrapper):
+            rest = rest[len(wrapper) :]
+            break
+    else:
+        head, dot, tail = rest.partition(".")
+        rest = HONEYHIVE_NAMES.get(head, head) + dot + tail
+    described = _WORDS.sub(lambda m: HONEYHIVE_NAMES[m.group(1)], description)
+    return prefix + rest, described
+
+
 # --- PUT /events ------------------------------------------------------------------------------
 
 # HoneyHive merges these objects into the stored ones (shallow: top-level keys); every other
 # field of an update replaces the stored value (outputs, duration, end_time, ...).
 MERGED = ("metadata", "feedback", "metrics", "config", "user_properties")
+_KEY = ("event_id", "session_id", "event_type")
 
 
 def apply_update(event: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
     """The stored event after a PUT /events body; idempotent, so a retried PUT changes nothing.
-    An empty children_ids is ignored, as HoneyHive does."""
+    An empty children_ids is ignored, as HoneyHive does, and so are the fields that make the
+    key (event_id, session_id, event_type): an update never moves an event. A new end_time
+    without a duration drops the stored one, which the core then derives from the two times."""
     out = dict(event)
+    if update.get("end_time") is not None and update.get("duration") is None:
+        out.pop("duration", None)
     for name, value in update.items():
-        if name == "event_id" or value is None or (name == "children_ids" and value == []):
+        if name in _KEY or value is None or (name == "children_ids" and value == []):
             continue
         stored = out.get(name)
         if name in MERGED and isinstance(value, dict) and isinstance(stored, dict):

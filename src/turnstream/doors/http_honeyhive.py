@@ -122,7 +122,9 @@ class _Door:
         # HoneyHive draws a session id when none is sent, and so do we; a client that wants a
         # retried start to be the same session sends its own id (its tracer does).
         sid = session.get("session_id")
-        session = {**session, "event_type": "session"}
+        # HoneyHive's defaults: the session event is named after the session.
+        name = session.get("event_name") or session.get("session_name") or "unknown"
+        session = {**session, "event_type": "session", "event_name": name}
         if sid is None and session.get("event_id") is None:
             session["session_id"] = str(uuid.uuid4())
         event = _Event(0, "session", honeyhive.fill_ids(session))
@@ -167,13 +169,15 @@ class _Door:
             )
         props = {**_object(obj, "session", body), **_object(obj, "session_properties", body)}
         single = obj.get("single_session") is True or obj.get("is_single_session") is True
-        given = {e.get("session_id") for e in raw if isinstance(e, dict)}
+        # One session for the whole batch when asked: the one named by session_properties or
+        # by the events, else one derived from the body (the same on a retry). Otherwise an
+        # event without a session_id gets its own, as HoneyHive's server does.
         sid = props.get("session_id")
         if not isinstance(sid, str) or not sid:
-            shared = next(iter(given)) if len(given) == 1 else None
-            sid = shared if isinstance(shared, str) and shared else None
+            sid = None
         if sid is None and single:
-            sid = honeyhive.derived_id("batch-session", obj)  # the same on a retry
+            named = {e["session_id"] for e in raw if _has_str(e, "session_id")}
+            sid = named.pop() if len(named) == 1 else honeyhive.derived_id("batch-session", obj)
         events = [
             _Event(i, f"{key}[{i}]", honeyhive.fill_ids(e, sid) if isinstance(e, dict) else e)
             for i, e in enumerate(raw)

@@ -229,7 +229,7 @@ def test_tool_event() -> None:
     assert call.success
     assert honeyhive.record_to_event(call) == event
     text = {**event, "outputs": '{"looks": "like json"}'}
-    assert honeyhive.record_to_event(honeyhive.to_record(text, "")[1]) == text  # type: ignore[arg-type]
+    assert honeyhive.record_to_event(record(text)) == text
 
 
 def test_long_tool_output_is_kept_whole_in_metadata() -> None:
@@ -241,10 +241,10 @@ def test_long_tool_output_is_kept_whole_in_metadata() -> None:
         "start_time": 1712025501700,
         "outputs": {"text": "x" * 20_000},
     }
-    _, call, _ = honeyhive.to_record(event, "")
-    assert honeyhive._struct(call.metadata)["outputs"] == event["outputs"]  # type: ignore[union-attr]
+    call = record(event)
+    assert honeyhive._struct(call.metadata)["outputs"] == event["outputs"]
     call.tool_output = call.tool_output[:10_000] + "... [truncated]"  # what the core stores
-    assert honeyhive.record_to_event(call) == {**event, "parent_id": SESSION}  # type: ignore[arg-type]
+    assert honeyhive.record_to_event(call) == {**event, "parent_id": SESSION}
 
 
 def test_chain_and_session_events() -> None:
@@ -310,7 +310,7 @@ def test_wrong_types_are_violations_with_honeyhive_paths_and_kept() -> None:
         "model_events[2].start_time",
     ]
     # The bad values stay in the record, so its dead letter holds them.
-    kept = honeyhive._struct(turn.metadata)  # type: ignore[union-attr]
+    kept = honeyhive._struct(turn.metadata)
     assert kept["start_time"] == "yesterday" and kept["metadata"] == ["not", "an", "object"]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import gzip
 import importlib.util
 import json
 import os
@@ -268,6 +269,12 @@ async def test_invalid_input_is_answered_in_honeyhive_shape_and_kept(
             "/events", content=b'{"event": ', headers={"Content-Type": "application/json"}
         )
         not_object = await c.post("/events/batch", json=[1, 2])
+        wrong_type = await c.post("/events", content=b"x", headers={"Content-Type": "text/plain"})
+        zipped = await c.post(
+            "/events",
+            content=gzip.compress(json.dumps({"event": model_event("m-4")}).encode()),
+            headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+        )
     assert bad.status_code == 400
     body = bad.json()
     assert (body["success"], body["errorCode"]) == (False, "INVALID_RECORD")
@@ -281,12 +288,18 @@ async def test_invalid_input_is_answered_in_honeyhive_shape_and_kept(
         "session_id": SESSION,
         "errors": ["model_events[1].model: model is required"],
     }
-    assert [t["turn_id"] for t in rows(database_url, "turns")] == ["m-2"]
+    # The invalid m-1 and m-3 are not stored; m-2 (and the gzipped m-4 below) are.
+    assert sorted(t["turn_id"] for t in rows(database_url, "turns")) == ["m-2", "m-4"]
     assert untyped.status_code == 500
     assert untyped.json()["errors"][0].startswith("events[0].event_type: event_type should be")
     for response, code in ((malformed, "MALFORMED_REQUEST"), (not_object, "INVALID_REQUEST")):
         assert response.status_code == 400
         assert (response.json()["success"], response.json()["errorCode"]) == (False, code)
+    assert (wrong_type.status_code, wrong_type.json()["errorCode"]) == (
+        415,
+        "UNSUPPORTED_MEDIA_TYPE",
+    )
+    assert zipped.json() == {"event_id": "m-4", "success": True}  # gzip bodies are accepted
     dead = rows(database_url, "rejected_records")
     assert sorted(d["kind"] for d in dead) == ["event", "request", "request", "turn", "turn"]
     assert all(d["door"] == "honeyhive" for d in dead)

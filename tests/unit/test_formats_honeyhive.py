@@ -353,3 +353,37 @@ def test_apply_update_merges_as_honeyhive_does() -> None:
     assert (merged["duration"], merged["end_time"]) == (900, 1712025502505)
     assert merged["children_ids"] == FULL_MODEL_EVENT["children_ids"]  # [] is ignored
     assert honeyhive.apply_update(merged, update) == merged  # a retried PUT changes nothing
+
+
+@pytest.mark.parametrize(
+    ("field", "description", "expected"),
+    [
+        (
+            "model_events[2].started_at",
+            "started_at is required",
+            ("model_events[2].start_time", "start_time is required"),
+        ),
+        (
+            "event.completed_at",
+            "completed_at (x) is before started_at (y)",
+            ("event.end_time", "end_time (x) is before start_time (y)"),
+        ),
+        (
+            "events[0].metadata.config.temperature",
+            "must be a finite number",
+            ("events[0].config.temperature", "must be a finite number"),
+        ),
+        (
+            "events[1].tool_name",
+            "tool_name is required",
+            ("events[1].event_name", "event_name is required"),
+        ),
+        ("events[1].inputs.messages[3]", "too deep", ("events[1].messages[3]", "too deep")),
+        ("other.field", "x", ("other.field", "x")),
+    ],
+)
+def test_violations_in_honeyhive_terms(
+    field: str, description: str, expected: tuple[str, str]
+) -> None:
+    path = field.split(".", 1)[0]
+    assert honeyhive.in_honeyhive_terms(field, description, path) == expected

@@ -191,16 +191,16 @@ class _Door:
                 session = {**props, "event_type": "session", "session_id": session_id}
                 events.append(_Event(len(raw) + n, "session_properties", session))
         outcome = await self._write(request, events, default_type)
-        answer: dict[str, Any] = {
+        reply: dict[str, Any] = {
             "event_ids": [e.event_id for e in outcome.stored if e.index < len(raw)],
             "success": not outcome.errors,
         }
         if len(sessions) == 1:
-            answer["session_id"] = sessions[0]
+            reply["session_id"] = sessions[0]
         if outcome.errors:
-            answer["errors"] = outcome.errors
-            return JSONResponse(answer, status_code=500)  # HoneyHive's "partially created"
-        return JSONResponse(answer)
+            reply["errors"] = outcome.errors
+            return JSONResponse(reply, status_code=500)  # HoneyHive's "partially created"
+        return JSONResponse(reply)
 
     async def update_event(self, request: Request) -> Response:
         body, obj = await self._read(request)

@@ -243,6 +243,8 @@ def _common(record: Record, f: dict[str, Any], b: _Builder) -> None:
             b.metadata["duration"] = duration  # the column keeps whole milliseconds only
     if "error" in f:
         record.error_message = f["error"]
+        if not f["error"]:
+            b.metadata["error"] = ""  # an empty column reads as absent
     if isinstance(record, records_pb2.Execution):
         if "parent_id" in f:
             b.metadata["parent_id"] = f["parent_id"]  # sessions have no parent column

@@ -401,7 +401,9 @@ async def test_the_real_honeyhive_package_works_against_the_server(
     env = {
         "PATH": os.environ.get("PATH", ""),
         "HOME": str(tmp_path),
-        "HH_OTLP_ENABLED": "false",  # its spans go to OTLP, not to these routes
+        # Its spans go over OTLP/HTTP JSON to /opentelemetry/v1/traces (the OTLP door's job,
+        # not these routes); a failed export is only logged by the SDK.
+        "HH_OTLP_ENABLED": "false",
     }
     async with running_server(sqlite_url) as s:
         url = f"http://127.0.0.1:{s.http_port}"

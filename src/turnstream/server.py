@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 
 import grpc
 import sqlalchemy as sa
@@ -21,13 +23,13 @@ from grpc_reflection.v1alpha import reflection
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from turnstream.config import Settings, split_addr
 from turnstream.core.pipeline import Pipeline
 from turnstream.core.pricing import PriceTable
 from turnstream.core.service import IngestCalls
-from turnstream.doors import http_kubiya, http_native, openapi
+from turnstream.doors import http_honeyhive, http_kubiya, http_native, openapi
 from turnstream.doors.admission import Admission
 from turnstream.doors.grpc_guard import add_guarded
 from turnstream.doors.grpc_ingest import IngestServicer
@@ -39,6 +41,8 @@ from turnstream.store.writer import Writer
 from turnstream.v1 import ingest_pb2, ingest_pb2_grpc
 
 log = logging.getLogger(__name__)
+
+RouteSet = Callable[[HttpContext], list[BaseRoute]]
 
 SERVICE = ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name
 
@@ -123,15 +127,17 @@ class Server:
         if self.grpc_port == 0:
             raise OSError(f"cannot listen on {s.grpc_addr} (gRPC): address in use or not local")
         await self._grpc.start()
+        reads = Reads(self.engine)
         http = HttpContext(
             pipeline,
             self.writer,
             max_body_bytes=s.http_max_body_bytes,
             max_request_records=s.max_request_records,
-            find_task=Reads(self.engine).find_task,
+            find_task=reads.find_task,
         )
         # Each wire format's JSON routes, composed on the HTTP listener, and their OpenAPI.
-        formats = [http_native.routes_for(calls), http_kubiya.routes]
+        honeyhive: RouteSet = functools.partial(http_honeyhive.routes, lookup=reads)
+        formats: list[RouteSet] = [http_native.routes_for(calls), http_kubiya.routes, honeyhive]
         extra = [Route("/healthz", self._healthz), *openapi.routes(openapi_document())]
         await self._start_http(build_app(http, formats, extra))
         for name in ("", SERVICE):

@@ -59,7 +59,11 @@ GRPC_OPTIONS = [
 def openapi_document() -> openapi.Document:
     """The HTTP listener's OpenAPI: each format's operations, schemas in its own spelling."""
     native, kubiya = openapi.Schemas("proto3"), openapi.Schemas("kubiya")
-    paths = {**http_native.openapi(native), **http_kubiya.openapi(kubiya)}
+    paths = {
+        **http_native.openapi(native),
+        **http_kubiya.openapi(kubiya),
+        **http_honeyhive.openapi(),
+    }
     return openapi.Document(paths, {**native.components, **kubiya.components})
 
 

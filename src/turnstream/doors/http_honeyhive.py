@@ -317,3 +317,118 @@ def _rejected(found: list[str]) -> str:
 
 def _json_bytes(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False).encode("utf-8", "surrogatepass")
+
+
+def openapi(_schemas: Any = None) -> dict[str, dict[str, Any]]:
+    """HoneyHive's operations (doors/openapi.py). Events are open objects, as in its API: the
+    fields turnstream reads are listed, every other field is kept as it is."""
+    from turnstream.doors.openapi import AIP193, error_responses, json_body
+
+    epoch_ms = {"type": "number", "description": "Unix epoch milliseconds"}
+    event = {
+        "type": "object",
+        "properties": {
+            "event_id": {"type": "string"},
+            "session_id": {"type": "string"},
+            "parent_id": {"type": "string"},
+            "event_type": {"type": "string", "enum": ["session", "chain", "model", "tool"]},
+            "event_name": {"type": "string"},
+            "model": {"type": "string"},
+            "provider": {"type": "string"},
+            "start_time": epoch_ms,
+            "end_time": epoch_ms,
+            "duration": {"type": "number"},
+            "inputs": {"type": "object"},
+            "outputs": {"type": "object"},
+            "config": {"type": "object"},
+            "metadata": {"type": "object"},
+            "metrics": {"type": "object"},
+            "feedback": {"type": "object"},
+            "user_properties": {"type": "object"},
+            "usage": {"type": "object"},
+            "error": {"type": "string"},
+        },
+    }
+    failure = {
+        "type": "object",
+        "required": ["success"],
+        "properties": {
+            "success": {"type": "boolean"},
+            "message": {"type": "string"},
+            "errorCode": {"type": "string"},
+            "errors": {"type": "array"},
+            "event_ids": {"type": "array", "items": {"type": "string"}},
+            "session_id": {"type": "string"},
+        },
+    }
+    errors_ = {
+        **error_responses(failure, ("400", "404", "413", "415")),
+        **error_responses(AIP193, ("500", "503")),
+    }
+    ids = {
+        "type": "object",
+        "required": ["success"],
+        "properties": {
+            "success": {"type": "boolean"},
+            "event_ids": {"type": "array", "items": {"type": "string"}},
+            "event_id": {"type": "string"},
+            "session_id": {"type": "string"},
+            "org_id": {"type": "string"},
+            "workspace_id": {"type": "string"},
+            "project_id": {"type": "string"},
+        },
+    }
+
+    def op(
+        name: str, body: dict[str, Any], summary: str, answer: dict[str, Any] = ids
+    ) -> dict[str, Any]:
+        return {
+            "operationId": f"honeyhive_{name}",
+            "tags": ["honeyhive"],
+            "summary": summary,
+            "requestBody": {"required": True, **json_body(body)},
+            "responses": {"200": json_body(answer), **errors_},
+        }
+
+    session_ids = ["session_id", "event_id", "org_id", "workspace_id", "project_id"]
+    started = {
+        "type": "object",
+        "required": session_ids,
+        "properties": {k: {"type": "string"} for k in session_ids},
+    }
+
+    def wrapped(key: str, inner: dict[str, Any]) -> dict[str, Any]:
+        return {"type": "object", "required": [key], "properties": {key: inner}}
+
+    batch = {
+        "type": "object",
+        "properties": {
+            "events": {"type": "array", "items": event},
+            "single_session": {"type": "boolean"},
+            "session_properties": {"type": "object"},
+        },
+    }
+    model_batch = {
+        "type": "object",
+        "properties": {
+            "model_events": {"type": "array", "items": event},
+            "single_session": {"type": "boolean"},
+            "session_properties": {"type": "object"},
+        },
+    }
+    return {
+        "/session/start": {
+            "post": op("start_session", wrapped("session", event), "Start a session", started)
+        },
+        "/events": {
+            "post": op("create_event", wrapped("event", event), "Create one event"),
+            "put": op("update_event", event, "Merge into a stored event, by event_id"),
+        },
+        "/events/model": {
+            "post": op("create_model_event", wrapped("model_event", event), "One model event")
+        },
+        "/events/batch": {"post": op("create_batch", batch, "A batch of events")},
+        "/events/model/batch": {
+            "post": op("create_model_batch", model_batch, "A batch of model events")
+        },
+    }

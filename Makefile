@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run migrate test gen descriptor gen-check lint fmt types check bench \
+.PHONY: help venv run migrate test test-polyglot gen descriptor gen-check lint fmt types check bench \
 	clean distclean
 
 help: ## List the targets
@@ -36,7 +36,14 @@ migrate: venv ## Apply database migrations (TURNSTREAM_DATABASE_URL, default SQL
 
 test: venv ## Run the tests on SQLite and a throwaway PostgreSQL (PYTEST_ARGS=..., TURNSTREAM_TEST_DB=sqlite|postgresql|all)
 	scripts/ensure-postgres.sh
+	scripts/ensure-polyglot.sh
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Part of `make test` too; this runs them alone (they need Node.js and Debian's Go packages,
+# which scripts/ensure-polyglot.sh installs when run as root).
+test-polyglot: venv ## Run only the Node and Go example workers against a real server (tests/polyglot)
+	scripts/ensure-polyglot.sh
+	$(PY) -m pytest tests/polyglot $(PYTEST_ARGS)
 
 # protoc finds its plugins (protoc-gen-mypy, protoc-gen-mypy_grpc) on PATH: put the venv's first.
 # The descriptor set is generated from protos/ too, so `make gen` keeps it in step.

@@ -176,8 +176,10 @@ func (s *AppendStream) open() error {
 	}
 	s.committed = committed
 	s.limits = first.GetOpened().GetLimits()
+	s.sendMu.Lock() // the heartbeat goroutine of the previous call may still hold it
 	s.call, s.cancel, s.lastSent = call, cancel, time.Now()
-	go s.heartbeats(ctx, call)
+	s.sendMu.Unlock()
+	go s.heartbeats(ctx, call, s.limits.GetHeartbeatInterval().AsDuration())
 	s.OnEvent(map[string]interface{}{"event": "opened", "committed_offset": committed})
 	return nil
 }
@@ -327,8 +329,7 @@ func (s *AppendStream) drop() {
 
 // Proxies (Envoy: 5 minutes) close streams that carry nothing; a worker that pauses between
 // writes longer than heartbeat_interval sends a heartbeat instead of losing its stream.
-func (s *AppendStream) heartbeats(ctx context.Context, call turnstreamv1.IngestService_AppendClient) {
-	every := s.limits.GetHeartbeatInterval().AsDuration()
+func (s *AppendStream) heartbeats(ctx context.Context, call turnstreamv1.IngestService_AppendClient, every time.Duration) {
 	if every <= 0 {
 		every = 30 * time.Second
 	}

@@ -75,11 +75,13 @@ function inbox(call) {
     messages.push(msg);
     poke();
   });
+  // grpc-js emits 'error' for a non-OK status, then 'status' in every case; 'end' may come
+  // before 'error', and taking it for an OK end would retry a final error (STREAM_FENCED).
   call.on('error', (err) => {
     ended = ended || err;
     poke();
   });
-  call.on('end', () => {
+  call.on('status', () => {
     ended = ended || new StreamEnded('the server ended the call');
     poke();
   });

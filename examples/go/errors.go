@@ -24,7 +24,7 @@ type ErrorDetails struct {
 }
 
 func errorDetails(err error) ErrorDetails {
-	st := status.Convert(err) // a non-gRPC error becomes codes.Unknown
+	st, _ := status.FromError(err) // a non-gRPC error comes back as codes.Unknown
 	out := ErrorDetails{Code: st.Code(), Message: st.Message()}
 	for _, detail := range st.Details() {
 		switch d := detail.(type) {

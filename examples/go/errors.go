@@ -45,11 +45,11 @@ func errorDetails(err error) ErrorDetails {
 // retryable says whether a stream reconnects and resumes after this failure: the server, its
 // database or the connection went away, or the server lost its place (STREAM_CONFLICT).
 // Everything else is final: a client bug (INVALID_ARGUMENT), a newer connection owning the
-// stream (ABORTED STREAM_FENCED), ...
+// stream (ABORTED STREAM_FENCED), a message over gRPC's size limit (RESOURCE_EXHAUSTED: the
+// same message fails again), ...
 func retryable(d ErrorDetails) bool {
 	switch d.Code {
-	case codes.Unavailable, codes.Internal, codes.Unknown, codes.ResourceExhausted,
-		codes.DeadlineExceeded, codes.Canceled:
+	case codes.Unavailable, codes.Internal, codes.Unknown, codes.DeadlineExceeded, codes.Canceled:
 		return true
 	case codes.Aborted:
 		return d.Reason == "STREAM_CONFLICT"

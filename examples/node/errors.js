@@ -49,12 +49,12 @@ function errorDetails(root, err) {
 
 // Codes after which a stream reconnects and resumes: the server, its database or the connection
 // went away, or the server lost its place (STREAM_CONFLICT). Everything else is final: a client
-// bug (INVALID_ARGUMENT), a newer connection owning the stream (ABORTED STREAM_FENCED), ...
+// bug (INVALID_ARGUMENT), a newer connection owning the stream (ABORTED STREAM_FENCED), a
+// message over gRPC's size limit (RESOURCE_EXHAUSTED: the same message fails again), ...
 const RETRYABLE = new Set([
   grpc.status.UNAVAILABLE,
   grpc.status.INTERNAL,
   grpc.status.UNKNOWN,
-  grpc.status.RESOURCE_EXHAUSTED,
   grpc.status.DEADLINE_EXCEEDED,
   grpc.status.CANCELLED,
 ]);

@@ -7,16 +7,18 @@ PY = $(VENV)/bin/python
 BIN = $(VENV)/bin
 STAMP = $(VENV)/.installed
 GEN_DIR = src/turnstream/v1
+DESCRIPTOR = descriptor/turnstream.binpb
 
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run migrate test gen gen-check lint fmt types check bench clean distclean
+.PHONY: help venv run migrate test test-polyglot gen descriptor gen-check lint fmt types check bench \
+	clean distclean
 
 help: ## List the targets
 	@echo "usage: make <target>   (the venv is $(VENV); VENV=... to use another)"
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 venv: $(STAMP) ## Create the venv and install turnstream[dev] (again when pyproject.toml changes)
 
@@ -34,16 +36,29 @@ migrate: venv ## Apply database migrations (TURNSTREAM_DATABASE_URL, default SQL
 
 test: venv ## Run the tests on SQLite and a throwaway PostgreSQL (PYTEST_ARGS=..., TURNSTREAM_TEST_DB=sqlite|postgresql|all)
 	scripts/ensure-postgres.sh
+	scripts/ensure-polyglot.sh
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# protoc finds its plugins (protoc-gen-mypy, protoc-gen-mypy_grpc) on PATH: put the venv's first.
-gen: venv ## Regenerate src/turnstream/v1 from protos/
-	PATH="$(abspath $(BIN)):$$PATH" PYTHON=$(PY) scripts/gen.sh
+# Part of `make test` too; this runs them alone (they need Node.js and Debian's Go packages,
+# which scripts/ensure-polyglot.sh installs when run as root).
+test-polyglot: venv ## Run only the Node and Go example workers against a real server (tests/polyglot)
+	scripts/ensure-polyglot.sh
+	$(PY) -m pytest tests/polyglot $(PYTEST_ARGS)
 
-gen-check: gen ## Fail when the committed generated code differs from what protos/ generate
-	@git diff --exit-code --stat -- $(GEN_DIR) || \
-		{ echo "error: $(GEN_DIR) is stale: run 'make gen' and commit the result" >&2; exit 1; }
-	@untracked=$$(git ls-files --others --exclude-standard -- $(GEN_DIR)); \
+# protoc finds its plugins (protoc-gen-mypy, protoc-gen-mypy_grpc) on PATH: put the venv's first.
+# The descriptor set is generated from protos/ too, so `make gen` keeps it in step.
+gen: venv ## Regenerate src/turnstream/v1 and descriptor/turnstream.binpb from protos/
+	PATH="$(abspath $(BIN)):$$PATH" PYTHON=$(PY) scripts/gen.sh
+	PYTHON=$(PY) scripts/descriptor.sh
+
+descriptor: venv ## Build only descriptor/turnstream.binpb (a descriptor set with imports and comments)
+	PYTHON=$(PY) scripts/descriptor.sh
+
+gen-check: gen ## Fail when the committed generated code or descriptor set differs from protos/
+	@git diff --exit-code --stat -- $(GEN_DIR) $(DESCRIPTOR) || \
+		{ echo "error: $(GEN_DIR) or $(DESCRIPTOR) is stale: run 'make gen' and commit the" \
+			"result" >&2; exit 1; }
+	@untracked=$$(git ls-files --others --exclude-standard -- $(GEN_DIR) $(DESCRIPTOR)); \
 	if [ -n "$$untracked" ]; then \
 		echo "error: untracked generated files (run 'make gen', then commit them):" >&2; \
 		echo "$$untracked" >&2; exit 1; \

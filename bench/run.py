@@ -35,7 +35,13 @@ def free_port() -> int:
 
 
 def start_server(url: str, workers: int = 1) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
+    proc, target, _ = start_server_with_http(url, workers)
+    return proc, target
+
+
+def start_server_with_http(url: str, workers: int = 1) -> tuple[subprocess.Popen[bytes], str, str]:
+    """The server as a subprocess: (process, gRPC target, HTTP base URL), once healthy."""
+    port, http_port = free_port(), free_port()
     target = f"127.0.0.1:{port}"
     proc = subprocess.Popen(
         [
@@ -46,7 +52,7 @@ def start_server(url: str, workers: int = 1) -> tuple[subprocess.Popen[bytes], s
             "--grpc-addr",
             target,
             "--http-addr",
-            f"127.0.0.1:{free_port()}",
+            f"127.0.0.1:{http_port}",
             "--database-url",
             url,
             "--log-level",
@@ -64,7 +70,7 @@ def start_server(url: str, workers: int = 1) -> tuple[subprocess.Popen[bytes], s
                     health_pb2.HealthCheckRequest(), timeout=1
                 )
                 if resp.status == health_pb2.HealthCheckResponse.SERVING:
-                    return proc, target
+                    return proc, target, f"http://127.0.0.1:{http_port}"
         except grpc.RpcError:
             time.sleep(0.2)
     proc.kill()

@@ -14,6 +14,7 @@ BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help venv run migrate test test-polyglot gen descriptor gen-check lint fmt types check bench \
+	bench-json bench-limits \
 	clean distclean
 
 help: ## List the targets
@@ -80,8 +81,14 @@ types: venv ## mypy --strict over src/ (configured in pyproject.toml)
 
 check: lint types gen-check test ## Everything CI runs: lint, types, gen-check, test
 
-bench: venv ## Run the benchmarks in bench/ (BENCH_ARGS=...)
+bench: venv ## Run the streaming benchmarks in bench/ (BENCH_ARGS=...)
 	$(PY) -m bench.run $(BENCH_ARGS)
+
+bench-json: venv ## The JSON door beside gRPC Write, same run (BENCH_ARGS=...)
+	$(PY) -m bench.json_door $(BENCH_ARGS)
+
+bench-limits: venv ## Others' latency during a 100,000-record Write; RSS under ten 15 MiB Writes
+	$(PY) -m bench.limits $(BENCH_ARGS)
 
 clean: ## Remove caches and build output (keeps the venv)
 	rm -rf build dist .pytest_cache .mypy_cache .ruff_cache src/*.egg-info

@@ -1,0 +1,1 @@
+"""Property-based tests (Hypothesis): arbitrary hostile records through the core and the writer."""

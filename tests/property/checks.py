@@ -125,16 +125,7 @@ def check_total(request: ingest_pb2.WriteRequest, prepared: Prepared) -> None:
 
     for kind in KINDS:
         for row in batch.rows[kind]:
-            bad = [x for x in floats(row) if not math.isfinite(x)]
-            assert not bad, f"an accepted {kind} row holds {bad}"
-            strict_json(row)
-            assert not [s for s in strings(row) if "\x00" in s], f"NUL in an accepted {kind} row"
-            for column, value in row.items():
-                width = WIDTHS[kind].get(column)
-                if width is not None and value is not None:
-                    assert len(value) <= width, f"{kind}.{column}: {len(value)} > {width}"
-            eid = row["execution_id"]
-            assert eid and len(eid) <= 256 and "\x00" not in eid, eid
+            check_row(kind, row)
     for row in batch.derived_executions:
         strict_json(row)
 
@@ -151,6 +142,20 @@ def check_total(request: ingest_pb2.WriteRequest, prepared: Prepared) -> None:
             v.field.replace("\x00", "\ufffd") for v in rejection.violations
         ]
         check_payload_readable(letter["payload"], record.message)
+
+
+def check_row(kind: str, row: dict[str, Any]) -> None:
+    """An accepted row: finite numbers, strict JSON, no NUL, every value within its column."""
+    bad = [x for x in floats(row) if not math.isfinite(x)]
+    assert not bad, f"an accepted {kind} row holds {bad}"
+    strict_json(row)
+    assert not [s for s in strings(row) if "\x00" in s], f"NUL in an accepted {kind} row"
+    for column, value in row.items():
+        width = WIDTHS[kind].get(column)
+        if width is not None and value is not None:
+            assert len(value) <= width, f"{kind}.{column}: {len(value)} > {width}"
+    eid = row["execution_id"]
+    assert eid and len(eid) <= 256 and "\x00" not in eid, eid
 
 
 def check_payload_readable(payload: dict[str, Any], message: Message) -> None:

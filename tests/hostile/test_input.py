@@ -27,6 +27,7 @@ from grpc_status import rpc_status
 from tests.dbutil import rows
 from tests.property.checks import strings
 from tests.serving import ingest_stub, running_server
+from turnstream.core import validate
 from turnstream.server import Server
 from turnstream.v1 import ingest_pb2, records_pb2
 
@@ -235,13 +236,15 @@ async def test_a_struct_nested_past_the_parser_limit_is_invalid_argument(
     assert rows(database_url, "turns") == []
 
 
-async def test_a_struct_nested_deep_but_parseable_is_stored_or_rejected_at_its_path(
-    database_url: str,
+@pytest.mark.parametrize("past_the_limit", [False, True], ids=["at-the-limit", "one-past"])
+async def test_a_struct_that_parses_is_stored_up_to_the_depth_limit_and_rejected_past_it(
+    database_url: str, past_the_limit: bool
 ) -> None:
-    """The deepest Struct the parser takes: the record is stored with every level intact, or
-    rejected at turns[1].metrics (validation may bound depth below the parser); either way
-    the answer is OK and its siblings are stored."""
-    depth = deepest_parseable()
+    """Structs the parser takes: up to validate.MAX_STRUCT_DEPTH (docs/limits.md) the record is
+    stored with every level intact; one level deeper it is rejected with TOO_DEEP inside
+    turns[1].metrics. Either way the answer is OK and the siblings are stored."""
+    depth = validate.MAX_STRUCT_DEPTH + past_the_limit
+    assert depth <= deepest_parseable()
     data = b"".join(
         field_bytes(3, t)
         for t in (
@@ -261,16 +264,17 @@ async def test_a_struct_nested_deep_but_parseable_is_stored_or_rejected_at_its_p
         )
         response = await write(data, timeout=10)
     stored = {r["turn_number"]: r for r in rows(database_url, "turns")}
-    assert {1, 3} <= set(stored)
-    if response.rejections:
+    if past_the_limit:
         (rejection,) = response.rejections
         assert rejection.index == 1
-        assert [v.field for v in rejection.violations] == ["turns[1].metrics"]
+        assert_named(list(rejection.violations), "turns[1]", ("metrics",))
+        assert {v.reason for v in rejection.violations} == {"TOO_DEEP"}
         assert set(stored) == {1, 3}
         (letter,) = rows(database_url, "rejected_records")
-        assert letter["violations"][0]["field"] == "turns[1].metrics"
+        assert letter["violations"][0]["field"].startswith("turns[1].metrics")
     else:
-        assert response.counts.turns.created == 3
+        assert not response.rejections
+        assert set(stored) == {1, 2, 3}
         level, levels = stored[2]["metrics"], 1
         while level:
             level, levels = level["d"], levels + 1
@@ -318,16 +322,6 @@ def _completed(t: records_pb2.Turn) -> None:
     t.completed_at.FromDatetime(T0 + dt.timedelta(minutes=5))
 
 
-NONFINITE_STRUCT = pytest.mark.xfail(
-    strict=True,
-    reason="validate does not check Struct numbers: rows.py's MessageToDict raises ValueError, "
-    "the whole call is answered INTERNAL and nothing is stored or dead-lettered",
-)
-OVERFLOW = pytest.mark.xfail(
-    strict=True,
-    reason="enrich derives a non-finite value from finite inputs and the record is stored with "
-    "inf instead of being rejected",
-)
 PRICE_VERSION = pytest.mark.xfail(
     strict=True,
     reason="validate does not bound price_version (varchar(64)): PostgreSQL fails the whole "
@@ -358,16 +352,11 @@ BAD = [
         Bad(_with(lambda t: (_completed(t), _nanos("completed_at", 10**9)(t))), ("completed_at",)),
         id="nanos-one-billion",
     ),
-    pytest.param(
-        Bad(_with(_metrics(math.nan)), ("metrics",)), id="metrics-nan", marks=NONFINITE_STRUCT
-    ),
-    pytest.param(
-        Bad(_with(_metrics(math.inf)), ("metrics",)), id="metrics-infinity", marks=NONFINITE_STRUCT
-    ),
+    pytest.param(Bad(_with(_metrics(math.nan)), ("metrics",)), id="metrics-nan"),
+    pytest.param(Bad(_with(_metrics(math.inf)), ("metrics",)), id="metrics-infinity"),
     pytest.param(
         Bad(_with(_metrics(-math.inf)), ("metrics",)),
         id="metrics-minus-infinity",
-        marks=NONFINITE_STRUCT,
     ),
     pytest.param(
         Bad(_with(lambda t: setattr(t, "execution_id", "x" * 300)), ("execution_id",)),
@@ -383,7 +372,6 @@ BAD = [
             ("input_cost", "output_cost", "total_cost"),
         ),
         id="costs-sum-beyond-float-range",
-        marks=OVERFLOW,
     ),
     pytest.param(
         Bad(
@@ -391,7 +379,6 @@ BAD = [
             ("runtime_minutes", "model_weight", "aem_value"),
         ),
         id="aem-beyond-float-range",
-        marks=OVERFLOW,
     ),
     pytest.param(
         # Priced by the worker: a turn the server prices gets the table's price_version instead.
@@ -406,9 +393,12 @@ BAD = [
 
 
 def assert_named(violations: list[Any], prefix: str, fields: tuple[str, ...]) -> None:
+    """Every violation is inside the record's path, and one names a field of `fields` or a path
+    inside it ("turns[1].metrics.score")."""
     paths = [v.field for v in violations]
     assert violations and all(p.startswith(prefix + ".") for p in paths), paths
-    assert {f"{prefix}.{f}" for f in fields} & set(paths), (fields, paths)
+    named = [f"{prefix}.{f}" for f in fields]
+    assert any(p == n or p.startswith((n + ".", n + "[")) for p in paths for n in named), paths
     for v in violations:
         assert v.reason and v.description, v
         assert_plain(v.description)
@@ -463,11 +453,7 @@ async def test_a_bad_record_is_rejected_at_its_path_and_its_siblings_stored(
     assert sorted(r["turn_number"] for r in rows(database_url, "turns")) == [1, 3]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Struct NaN/Infinity, overflowing derived floats and a long price_version are not "
-    "rejected yet (see the cases above)",
-)
+@PRICE_VERSION
 async def test_one_write_mixing_every_bad_record_with_valid_turns(database_url: str) -> None:
     bads = [p.values[0] for p in BAD]
     request = ingest_pb2.WriteRequest()
@@ -526,18 +512,12 @@ SEND_CASES = [
         {"metrics": {"latency_ms": 12, "score": math.nan}},
         "turns[1].metrics",
         id="nan-in-metrics",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="the Struct NaN reaches the server, whose answer is INTERNAL for the whole "
-            "batch: the valid turns are not stored and nothing is dead-lettered",
-        ),
     ),
     pytest.param({"input_cost": math.nan}, "turns[1].input_cost", id="nan-cost"),
     pytest.param(
         {"metrics": {"x": math.inf}},
         "turns[1].metrics",
         id="infinity-in-metrics",
-        marks=pytest.mark.xfail(strict=True, reason="as nan-in-metrics"),
     ),
     pytest.param(
         {"metrics": json.loads('{"d": ' * 40 + "1" + "}" * 40)},
@@ -576,15 +556,16 @@ async def test_send_of_a_file_with_a_hostile_value_stores_the_rest(
 
 async def test_bad_records_of_every_kind_are_rejected_beside_valid_ones(database_url: str) -> None:
     """The same outcome for tool calls, tasks and the execution: an undefined enum number, a
-    Timestamp out of range, a key with a NUL, a Value with no kind beside valid records."""
+    Timestamp out of range, a key with a NUL, a Struct Value with no kind (a client that built
+    it wrong: storing null would lose its value silently) beside valid records."""
     request = ingest_pb2.WriteRequest(execution_id="exec-kinds")
     request.execution.status = 99  # no ExecutionStatus 99
     good_call = request.tool_calls.add(tool_name="read_file", tool_use_id="toolu_1")
     good_call.started_at.FromDatetime(T0)
-    good_call.tool_input.update({"path": "a.py"})
-    good_call.tool_input.fields["unset"].Clear()  # a Value with no kind: JSON null
+    good_call.tool_input.update({"path": "a.py", "flags": None})
     bad_call = request.tool_calls.add(tool_name="bash", tool_use_id="toolu_\x00")
     bad_call.started_at.seconds = YEAR_10000
+    bad_call.tool_input.fields["unset"].Clear()  # the map entry exists, its Value has no kind
     good_task = request.tasks.add(task_description="Fix the test", task_id="task-1")
     good_task.status = records_pb2.TASK_STATUS_RUNNING
     request.tasks.add(task_description="Plan", task_id="task-2", status=42)  # type: ignore[arg-type]
@@ -595,12 +576,13 @@ async def test_bad_records_of_every_kind_are_rejected_beside_valid_ones(database
         (records_pb2.RECORD_KIND_EXECUTION, 0): ["execution.status"],
         (records_pb2.RECORD_KIND_TOOL_CALL, 1): [
             "tool_calls[1].started_at",
+            "tool_calls[1].tool_input.unset",
             "tool_calls[1].tool_use_id",
         ],
         (records_pb2.RECORD_KIND_TASK, 1): ["tasks[1].status"],
     }
     (call,) = rows(database_url, "tool_calls")
-    assert (call["tool_use_id"], call["tool_input"]) == ("toolu_1", {"path": "a.py", "unset": None})
+    assert (call["tool_use_id"], call["tool_input"]) == ("toolu_1", {"path": "a.py", "flags": None})
     (task,) = rows(database_url, "tasks")
     assert (task["task_id"], task["status"]) == ("task-1", "running")
     # The execution itself was rejected; its row is derived from the records that were stored.

@@ -142,6 +142,27 @@ def check_total(request: ingest_pb2.WriteRequest, prepared: Prepared) -> None:
             v.field.replace("\x00", "\ufffd") for v in rejection.violations
         ]
         check_payload_readable(letter["payload"], record.message)
+    check_travels(prepared)
+
+
+def check_travels(prepared: Prepared) -> None:
+    """Whatever the core accepts could have come over the wire and can go back over it: each
+    accepted record parses inside a Write and inside an Append batch (the deeper wrapping), so
+    validation's limits sit within the parser's and a replay of what was stored cannot fail."""
+    for item in prepared.accepted:
+        record = ingest_pb2.Record()
+        getattr(record, item.kind).CopyFrom(item.message)
+        append = ingest_pb2.AppendRequest()
+        append.batch.records.add().CopyFrom(record)
+        ingest_pb2.AppendRequest.FromString(append.SerializeToString())
+        write = ingest_pb2.WriteRequest()
+        target = (
+            write.execution
+            if item.kind == "execution"
+            else getattr(write, LIST_OF[item.kind]).add()
+        )
+        target.CopyFrom(item.message)
+        ingest_pb2.WriteRequest.FromString(write.SerializeToString())
 
 
 def check_row(kind: str, row: dict[str, Any]) -> None:

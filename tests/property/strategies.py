@@ -315,7 +315,7 @@ def field_values(field: FieldDescriptor, valid: bool, hazards: Hazards) -> st.Se
     elif name in validate.STRING_LIMITS:
         good = texts()
     elif name == "price_version":
-        good = st.just("v" * 65) if hazards.long_price_version else texts()
+        good = texts()  # the long_price_version hazard is set in records()
     else:
         # Free text: response_preview and tool_output are truncated by enrich, not rejected.
         good = st.one_of(texts(), st.sampled_from(["p" * 501, "o" * 10_001]))
@@ -354,6 +354,11 @@ def records(draw: Any, cls: type[Message], hazards: Hazards = NONE) -> Message:
         _set(message, field, draw(field_values(field, valid, hazards)))
     if "turn_number" in descriptor.fields_by_name and draw(st.booleans()):
         message.turn_number = draw(st.integers(0, 3))  # type: ignore[attr-defined]
+    if hazards.long_price_version and "price_version" in descriptor.fields_by_name:
+        # Every turn carries it, priced by the worker so that enrich keeps it (a turn the
+        # server prices gets the table's version): the gap shows in every run, not by chance.
+        message.price_version = "v" * 65  # type: ignore[attr-defined]
+        message.input_cost = 0.5  # type: ignore[attr-defined]
     if valid and message.HasField("started_at") and message.HasField("completed_at"):
         started, completed = message.started_at, message.completed_at  # type: ignore[attr-defined]
         if (completed.seconds, completed.nanos) < (started.seconds, started.nanos):

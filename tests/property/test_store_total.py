@@ -29,7 +29,7 @@ from turnstream.store.writer import Writer
 from turnstream.v1 import ingest_pb2
 
 STORE = settings(
-    max_examples=40,
+    max_examples=30,
     deadline=None,
     derandomize=True,
     database=None,

@@ -168,7 +168,9 @@ def _plan(path: str, raw: RawBatch, summary: SendSummary, unknown: list[Loc]) ->
     origin: dict[str, list[int]] = {}
     for name in _LISTS:
         kept = [i for i in range(len(getattr(request, name))) if i not in bad[name]]
-        getattr(clean, name).extend(getattr(request, name)[i] for i in kept)
+        target, source = getattr(clean, name), getattr(request, name)
+        for i in kept:  # CopyFrom, not extend: extend re-parses every record
+            target.add().CopyFrom(source[i])
         origin[name] = kept
     size = sum(len(getattr(request, name)) for name in _LISTS) + request.HasField("execution")
     return _Planned(where, path, raw.label, clean, size, origin)

@@ -193,11 +193,6 @@ async def test_bytes_that_do_not_parse_are_invalid_argument_and_kept_raw(
         assert_plain(json.dumps(letter["violations"]))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a known field sent with another wire type parses as an unknown field: the Write is "
-    "answered OK with nothing stored and no dead letter (grpc_guard accepts the parse)",
-)
 async def test_a_known_field_with_the_wrong_wire_type_is_invalid_argument(
     database_url: str,
 ) -> None:
@@ -322,12 +317,6 @@ def _completed(t: records_pb2.Turn) -> None:
     t.completed_at.FromDatetime(T0 + dt.timedelta(minutes=5))
 
 
-PRICE_VERSION = pytest.mark.xfail(
-    strict=True,
-    reason="validate does not bound price_version (varchar(64)): PostgreSQL fails the whole "
-    "batch (INTERNAL, siblings lost), SQLite stores the 65 characters",
-)
-
 BAD = [
     pytest.param(
         Bad(_with(_seconds("started_at", YEAR_10000 + 86_400)), ("started_at",)),
@@ -387,7 +376,6 @@ BAD = [
             ("price_version",),
         ),
         id="price-version-longer-than-its-column",
-        marks=PRICE_VERSION,
     ),
 ]
 
@@ -453,7 +441,6 @@ async def test_a_bad_record_is_rejected_at_its_path_and_its_siblings_stored(
     assert sorted(r["turn_number"] for r in rows(database_url, "turns")) == [1, 3]
 
 
-@PRICE_VERSION
 async def test_one_write_mixing_every_bad_record_with_valid_turns(database_url: str) -> None:
     bads = [p.values[0] for p in BAD]
     request = ingest_pb2.WriteRequest()
@@ -523,12 +510,6 @@ SEND_CASES = [
         {"metrics": json.loads('{"d": ' * 40 + "1" + "}" * 40)},
         "turns[1].metrics",
         id="metrics-nested-40-deep",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="send.py copies records with RepeatedField.extend, which goes through the "
-            "wire parser and raises DecodeError on a Struct past its depth: the CLI crashes "
-            "and sends nothing",
-        ),
     ),
 ]
 

@@ -36,11 +36,6 @@ PURE = settings(
 # A known gap (xfail) fails at its first example: shrinking it would only cost minutes.
 NO_SHRINK = (Phase.explicit, Phase.reuse, Phase.generate)
 
-LONG_PRICE_VERSION = pytest.mark.xfail(
-    strict=True,
-    reason="validate does not bound Turn.price_version, a varchar(64) column: a longer one is "
-    "accepted; PostgreSQL then fails the whole transaction (INTERNAL), SQLite stores it",
-)
 # The property runs on ordinary-hostile records, with issue 6's hazards (Struct NaN/Infinity,
 # floats whose derived sums overflow, Structs hundreds of levels deep), and with a gap that is
 # not fixed yet (xfail: remove the mark when it is).
@@ -50,7 +45,6 @@ HAZARDS = [
     pytest.param(
         dataclasses.replace(s.NONE, long_price_version=True),
         id="long-price-version",
-        marks=LONG_PRICE_VERSION,
     ),
 ]
 
@@ -236,7 +230,6 @@ def named(violations: Iterable[Any], fields: set[str]) -> bool:
             None,
             {"turns[1].price_version"},
             id="price-version-longer-than-its-column",
-            marks=LONG_PRICE_VERSION,
         ),
         pytest.param(
             {"input_tokens": 2**63 - 1, "output_tokens": 2**63 - 1},

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 
 from tests.property import strategies as s
 from tests.property.checks import check_total
-from tests.property.test_pipeline_total import LONG_PRICE_VERSION, phases, prepare_write
+from tests.property.test_pipeline_total import phases, prepare_write
 from turnstream.core.batch import KINDS
 from turnstream.store import dialects, schema
 from turnstream.store.engine import create_engine, migrate
@@ -102,7 +102,6 @@ HAZARDS = [
     pytest.param(
         dataclasses.replace(s.NONE, long_price_version=True),
         id="long-price-version",
-        marks=LONG_PRICE_VERSION,
     ),
 ]
 

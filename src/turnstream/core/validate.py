@@ -65,6 +65,8 @@ NAME_FIELDS = (
 STRING_LIMITS: dict[str, int] = {
     **dict.fromkeys(ID_FIELDS, MAX_ID_LENGTH),
     **dict.fromkeys(NAME_FIELDS, MAX_NAME_LENGTH),
+    # Stored as varchar(64): a worker's own price table version.
+    "price_version": 64,
     "error_message": MAX_ERROR_MESSAGE_LENGTH,
     "task_description": MAX_TEXT_LENGTH,
     "result": MAX_TEXT_LENGTH,

@@ -284,9 +284,27 @@ _SCALARS: dict[str, Callable[[FieldDescriptor, Any], Any]] = {
 }
 
 
+# Deeper JSON than the core accepts (validate.MAX_STRUCT_DEPTH) is refused here: such a record
+# could not even be encoded into a request the server's parser accepts.
+MAX_JSON_DEPTH = 32
+
+
+def _depth(value: Any, limit: int) -> int:
+    """Nesting depth of a JSON value (1 for an object of scalars), counted up to `limit` + 1."""
+    if limit < 0:
+        return 1
+    if isinstance(value, dict):
+        return 1 + max((_depth(v, limit - 1) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v, limit - 1) for v in value), default=0)
+    return 0
+
+
 def _set_struct(target: struct_pb2.Struct, value: Any) -> None:
     if not isinstance(value, dict):
         raise _Invalid("dict_type", "Input should be a valid dictionary")
+    if _depth(value, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        raise _Invalid("too_deep", f"Input should be nested at most {MAX_JSON_DEPTH} levels deep")
     target.SetInParent()  # {} still means "sent"
     try:
         target.update(value)

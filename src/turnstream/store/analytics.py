@@ -1,0 +1,420 @@
+"""Storage, read side: GetDashboard. Each section is one SQL statement over the `runs` CTE
+(store/analytics_sql.py), run on the read engine's own connection in a worker thread; Python
+only turns the aggregated rows into the answer (ratios of two sums, RFC 3339 text)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+
+from turnstream.store.analytics_sql import (
+    AEM_TIERS,
+    Filters,
+    Sql,
+    action_kind,
+    aem_tier,
+    failure_category,
+)
+from turnstream.store.queries import Reads
+from turnstream.v1 import analytics_pb2 as pb
+
+SORTS = {
+    "executions": "n DESC, w",
+    "failures": "f DESC, w",
+    "success_rate": "CAST(c AS DOUBLE PRECISION) / n DESC, w",
+    "avg_duration": "a DESC NULLS LAST, w",
+}
+PERCENTILES = {"p50": 0.5, "p75": 0.75, "p90": 0.9, "p95": 0.95, "p99": 0.99}
+HISTOGRAM_BUCKETS = 20
+TOP_AUTOMATIONS = 10
+
+
+def num(value: Any) -> float:
+    """A SQL number as float (PostgreSQL's AVG answers Decimal); NULL is 0."""
+    if value is None:
+        return 0.0
+    return float(value) if isinstance(value, Decimal | int | float) else float(str(value))
+
+
+def iso(value: Any) -> str:
+    """A stored time as RFC 3339 UTC text; SQLite answers its stored text, PostgreSQL a
+    datetime."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def rate(part: Any, whole: Any) -> float:
+    return 100.0 * num(part) / num(whole) if num(whole) else 0.0
+
+
+class Dashboard:
+    """Runs every section for one tenant and one set of filters."""
+
+    def __init__(self, reads: Reads) -> None:
+        self.reads = reads
+        self.sql = Sql(reads.engine.dialect.name)
+
+    async def get(
+        self,
+        tenant_id: str,
+        filters: Filters,
+        granularity: str,
+        sort_by: str,
+        limit: int,
+        offset: int,
+        now: dt.datetime,
+    ) -> pb.GetDashboardResponse:
+        def run() -> pb.GetDashboardResponse:
+            with self.reads.engine.connect() as conn:
+                # One snapshot for every section on PostgreSQL, so the figures agree.
+                if self.sql.pg:
+                    conn.execute(sa.text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
+                q = _Queries(conn, self.sql, tenant_id, filters)
+                return q.all(granularity, sort_by, limit, offset, now)
+
+        return await self.reads._read(run)
+
+
+class _Queries:
+    def __init__(self, conn: sa.Connection, sql: Sql, tenant_id: str, filters: Filters) -> None:
+        self.conn, self.sql, self.filters = conn, sql, filters
+        self.cte, params = sql.runs(filters)
+        self.params = {"tenant": tenant_id, **params}
+
+    def rows(self, body: str, **extra: Any) -> list[Any]:
+        statement = sa.text(f"{self.cte} {body}")
+        return list(self.conn.execute(statement, {**self.params, **extra}).all())
+
+    def all(
+        self, granularity: str, sort_by: str, limit: int, offset: int, now: dt.datetime
+    ) -> pb.GetDashboardResponse:
+        out = pb.GetDashboardResponse(
+            granularity=pb.Granularity.Value(f"GRANULARITY_{granularity.upper()}"),
+            top_automations_sort_by=sort_by,
+            recent_failures_limit=limit,
+            recent_failures_offset=offset,
+        )
+        sections: list[Callable[[pb.GetDashboardResponse], None]] = [
+            lambda o: self.summary(o, now),
+            lambda o: self.over_time(o, granularity),
+            self.failures,
+            self.triggers,
+            lambda o: self.automations(o, sort_by),
+            self.durations,
+            lambda o: self.recent_failures(o, limit, offset),
+            self.actions,
+            self.complexity,
+            self.endpoints,
+            self.workflows,
+            lambda o: self.models(o, granularity),
+            self.cache_and_aem,
+            self.tools,
+            self.rejected,
+        ]
+        for section in sections:
+            section(out)
+        return out
+
+    def summary(self, out: pb.GetDashboardResponse, now: dt.datetime) -> None:
+        today = now.astimezone(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        (n, c, f, a, t), *_ = self.rows(
+            """SELECT COUNT(*), SUM(CASE WHEN status = 'completed' THEN 1 ELSE 0 END),
+                SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END), AVG(duration_ms),
+                SUM(CASE WHEN started_at >= :today THEN 1 ELSE 0 END) FROM runs""",
+            today=self.sql.time(today),
+        )
+        (tokens,), *_ = self.rows(
+            """SELECT SUM(t.total_tokens) FROM runs r JOIN turns t
+                ON t.tenant_id = :tenant AND t.execution_id = r.execution_id"""
+        )
+        s = out.summary
+        s.total_executions, s.completed, s.total_failures = n, int(num(c)), int(num(f))
+        s.success_rate, s.avg_duration_ms = rate(c, n), num(a)
+        s.active_today, s.total_tokens = int(num(t)), int(num(tokens))
+        out.total_failures = s.total_failures
+        out.recent_failures_total = s.total_failures
+
+    def over_time(self, out: pb.GetDashboardResponse, granularity: str) -> None:
+        states = ("completed", "failed", "running", "pending")
+        sums = ", ".join(f"SUM(CASE WHEN status = '{s}' THEN 1 ELSE 0 END)" for s in states)
+        bucket = self.sql.bucket("started_at", granularity)
+        for time, n, c, f, r, p in self.rows(
+            f"SELECT {bucket} AS b, COUNT(*), {sums} FROM runs GROUP BY b ORDER BY b"
+        ):
+            out.executions_over_time.add(
+                time=time,
+                total=n,
+                completed=int(c),
+                failed=int(f),
+                running=int(r),
+                pending=int(p),
+                success_rate=rate(c, n),
+            )
+
+    def failures(self, out: pb.GetDashboardResponse) -> None:
+        collate = self.sql.collate
+        body = f"""
+            , f AS (SELECT {failure_category("error_message")} AS category, error_message
+                    FROM runs WHERE status = 'failed'),
+            c AS (SELECT category, COUNT(*) AS n FROM f GROUP BY category),
+            s AS (SELECT category, error_message, ROW_NUMBER() OVER (
+                    PARTITION BY category ORDER BY error_message{collate}) AS k
+                  FROM (SELECT DISTINCT category, error_message FROM f
+                        WHERE error_message IS NOT NULL AND error_message <> '') d)
+            SELECT c.category, c.n, s.error_message FROM c
+            LEFT JOIN s ON s.category = c.category AND s.k <= 3
+            ORDER BY c.n DESC, c.category{collate}, s.error_message{collate}"""
+        current = None
+        for category, n, message in self.rows(body):
+            if current is None or current.category != category:
+                current = out.failure_breakdown.add(category=category, count=n)
+            if message is not None:
+                current.sample_messages.append(message)
+
+    def triggers(self, out: pb.GetDashboardResponse) -> None:
+        for word, n in self.rows(
+            f"""SELECT COALESCE(triggered_by, 'unknown') AS w, COUNT(*) AS n FROM runs
+                GROUP BY w ORDER BY n DESC, w{self.sql.collate}"""
+        ):
+            out.trigger_distribution.add(trigger_type=word, count=n)
+
+    def automations(self, out: pb.GetDashboardResponse, sort_by: str) -> None:
+        order = SORTS[sort_by].replace(", w", f", w{self.sql.collate}")
+        if not self.sql.pg:
+            order = order.replace("DOUBLE PRECISION", "REAL")
+        body = f"""SELECT COALESCE(workflow_name, 'unknown') AS w, COUNT(*) AS n,
+                SUM(CASE WHEN status = 'completed' THEN 1 ELSE 0 END) AS c,
+                SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END) AS f,
+                AVG(duration_ms) AS a, MAX(started_at) AS last
+            FROM runs GROUP BY w ORDER BY {order} LIMIT {TOP_AUTOMATIONS}"""
+        for w, n, c, f, a, last in self.rows(body):
+            out.top_automations.add(
+                workflow_name=w,
+                executions=n,
+                completed=int(c),
+                failures=int(f),
+                success_rate=rate(c, n),
+                avg_duration_ms=num(a),
+                last_execution=iso(last),
+            )
+
+    def durations(self, out: pb.GetDashboardResponse) -> None:
+        (n, a, lo, hi), *_ = self.rows(
+            "SELECT COUNT(duration_ms), AVG(duration_ms), MIN(duration_ms), MAX(duration_ms)"
+            " FROM runs"
+        )
+        ps = self.sql.percentiles("runs", [], "duration_ms", PERCENTILES)
+        (p50, p75, p90, p95, p99), *_ = self.rows(ps)
+        s = out.duration_stats
+        s.total, s.avg_ms, s.min_ms, s.max_ms = n, num(a), num(lo), num(hi)
+        s.p50_ms, s.p75_ms, s.p90_ms, s.p95_ms, s.p99_ms = map(num, (p50, p75, p90, p95, p99))
+        body = f"""
+            , d AS (SELECT duration_ms AS v FROM runs WHERE duration_ms IS NOT NULL),
+            b AS (SELECT MIN(v) AS lo, (MAX(v) - MIN(v)) / {HISTOGRAM_BUCKETS} + 1 AS w FROM d)
+            SELECT (d.v - b.lo) / b.w AS k, b.lo, b.w, COUNT(*) FROM d, b
+            GROUP BY k, b.lo, b.w ORDER BY k"""
+        for k, start, width, count in self.rows(body):
+            first = int(start) + int(k) * int(width)
+            out.duration_histogram.add(
+                bucket_start_ms=first, bucket_end_ms=first + int(width), count=count
+            )
+
+    def recent_failures(self, out: pb.GetDashboardResponse, limit: int, offset: int) -> None:
+        c = self.sql.collate
+        body = f"""SELECT execution_id, workflow_name, {failure_category("error_message")},
+                triggered_by, started_at, error_message, duration_ms
+            FROM runs WHERE status = 'failed'
+            ORDER BY started_at DESC, execution_id{c} DESC LIMIT :limit OFFSET :offset"""
+        for eid, w, cat, trig, started, message, ms in self.rows(body, limit=limit, offset=offset):
+            out.recent_failures.add(
+                execution_id=eid,
+                run_id=eid,
+                workflow_name=w or "unknown",
+                error_category=cat,
+                triggered_by=trig or "unknown",
+                started_at=iso(started),
+                error_message=message or "",
+                duration_ms=int(num(ms)),
+            )
+
+    def _tool_join(self) -> str:
+        return "JOIN tool_calls tc ON tc.tenant_id = :tenant AND tc.execution_id = r.execution_id"
+
+    def _turn_join(self) -> str:
+        return "JOIN turns t ON t.tenant_id = :tenant AND t.execution_id = r.execution_id"
+
+    def actions(self, out: pb.GetDashboardResponse) -> None:
+        kinds = ("clicks", "keystrokes", "scrolls", "screenshots")
+        sums = ", ".join(f"SUM(CASE WHEN k = '{k}' THEN 1 ELSE 0 END)" for k in kinds)
+        body = f"""
+            , a AS (SELECT COALESCE(r.workflow_name, 'unknown') AS w,
+                    {action_kind("tc.tool_name")} AS k FROM runs r {self._tool_join()})
+            SELECT w, {sums}, COUNT(*) AS n FROM a
+            GROUP BY w ORDER BY n DESC, w{self.sql.collate}"""
+        for w, clicks, keys, scrolls, shots, n in self.rows(body):
+            out.actions_per_workflow.add(
+                workflow_name=w,
+                clicks=int(clicks),
+                keystrokes=int(keys),
+                scrolls=int(scrolls),
+                screenshots=int(shots),
+                total_steps=n,
+            )
+
+    def complexity(self, out: pb.GetDashboardResponse) -> None:
+        body = f"""
+            , w AS (SELECT COALESCE(workflow_name, 'unknown') AS wf, COUNT(*) AS n,
+                    SUM(CASE WHEN status = 'completed' THEN 1 ELSE 0 END) AS c,
+                    AVG(duration_ms) AS a FROM runs GROUP BY wf),
+            s AS (SELECT COALESCE(r.workflow_name, 'unknown') AS wf, COUNT(*) AS steps,
+                    COUNT(DISTINCT tc.tool_name) AS params FROM runs r {self._tool_join()}
+                    GROUP BY wf),
+            i AS (SELECT COALESCE(r.workflow_name, 'unknown') AS wf, COUNT(*) AS it
+                    FROM runs r {self._turn_join()} GROUP BY wf)
+            SELECT w.wf, w.n, w.c, w.a, COALESCE(s.steps, 0), COALESCE(s.params, 0),
+                COALESCE(i.it, 0)
+            FROM w LEFT JOIN s ON s.wf = w.wf LEFT JOIN i ON i.wf = w.wf"""
+        rows = []
+        for wf, n, c, a, steps, params, it in self.rows(body):
+            score = round((steps + it) / n + params, 2)
+            rows.append((-score, wf, n, c, a, steps, params, it))
+        # A handful of aggregated rows, ordered by a score computed from them.
+        for neg, wf, n, c, a, steps, params, it in sorted(rows):
+            out.workflow_complexity.add(
+                workflow_name=wf,
+                complexity_score=-neg,
+                total_steps=steps,
+                total_iterations=it,
+                parameters_count=params,
+                success_rate=rate(c, n),
+                avg_duration_ms=num(a),
+            )
+
+    def endpoints(self, out: pb.GetDashboardResponse) -> None:
+        source = (
+            "(SELECT COALESCE(source, 'unknown') AS slug, duration_ms FROM runs"
+            " WHERE triggered_by = 'endpoint') e"
+        )
+        p95 = self.sql.percentiles(source, ["slug"], "duration_ms", {"p95": 0.95})
+        body = f"""
+            , u AS (SELECT COALESCE(source, 'unknown') AS slug, COUNT(*) AS n,
+                    SUM(CASE WHEN status = 'completed' THEN 1 ELSE 0 END) AS c,
+                    AVG(duration_ms) AS a FROM runs WHERE triggered_by = 'endpoint'
+                    GROUP BY slug)
+            SELECT u.slug, u.n, u.c, u.a, p.p95 FROM u LEFT JOIN ({p95}) p ON p.slug = u.slug
+            ORDER BY u.n DESC, u.slug{self.sql.collate}"""
+        for slug, n, c, a, p in self.rows(body):
+            out.endpoint_usage.add(
+                endpoint_slug=slug,
+                http_method="POST",
+                invocations=n,
+                success_count=int(c),
+                success_rate=rate(c, n),
+                avg_response_time_ms=num(a),
+                p95_response_time_ms=num(p),
+            )
+
+    def workflows(self, out: pb.GetDashboardResponse) -> None:
+        statement = sa.text(
+            f"""SELECT DISTINCT workflow_name{self.sql.collate} AS w FROM executions
+                WHERE tenant_id = :tenant AND workflow_name IS NOT NULL ORDER BY w"""
+        )
+        out.workflows.extend(w for (w,) in self.conn.execute(statement, self.params))
+
+    def models(self, out: pb.GetDashboardResponse, granularity: str) -> None:
+        cols = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_creation_tokens")
+        sums = ", ".join(f"SUM(COALESCE(t.{c}, 0))" for c in (*cols, "total_tokens"))
+        c = self.sql.collate
+        keys = "t.model AS m, COALESCE(t.model_provider, '') AS p"
+        bucket = self.sql.bucket("t.started_at", granularity)
+        over = f"""SELECT {bucket} AS b, {keys}, COUNT(*), {sums}, SUM(COALESCE(t.total_cost, 0))
+            FROM runs r {self._turn_join()} GROUP BY b, m, p ORDER BY b, m{c}, p{c}"""
+        total = f"""SELECT '' AS b, {keys}, COUNT(*) AS n, {sums}, SUM(COALESCE(t.total_cost, 0))
+            FROM runs r {self._turn_join()} GROUP BY m, p ORDER BY n DESC, m{c}, p{c}"""
+        for target, body in ((out.models_over_time, over), (out.models, total)):
+            for b, m, p, n, i, o, cr, cc, tt, cost in self.rows(body):
+                target.add(
+                    time=b,
+                    model=m,
+                    model_provider=p,
+                    turns=n,
+                    input_tokens=int(i),
+                    output_tokens=int(o),
+                    cache_read_tokens=int(cr),
+                    cache_creation_tokens=int(cc),
+                    total_tokens=int(tt),
+                    total_cost=num(cost),
+                )
+
+    def cache_and_aem(self, out: pb.GetDashboardResponse) -> None:
+        body = f"""SELECT {aem_tier("t.model_weight")} AS tier, COUNT(*),
+                SUM(COALESCE(t.input_tokens, 0)), SUM(COALESCE(t.cache_read_tokens, 0)),
+                SUM(COALESCE(t.cache_creation_tokens, 0)), SUM(COALESCE(t.aem_value, 0)),
+                SUM(COALESCE(t.aem_cost, 0)), SUM(COALESCE(t.runtime_minutes, 0))
+            FROM runs r {self._turn_join()} GROUP BY tier"""
+        by_tier = {row[0]: row[1:] for row in self.rows(body)}
+        cache, aem = out.cache, out.aem
+        for tier, _weight in AEM_TIERS:
+            n, i, cr, cc, value, cost, minutes = by_tier.get(tier, (0, 0, 0, 0, 0, 0, 0))
+            cache.input_tokens += int(i)
+            cache.cache_read_tokens += int(cr)
+            cache.cache_creation_tokens += int(cc)
+            aem.tiers.add(
+                tier=tier,
+                turns=n,
+                aem_value=num(value),
+                aem_cost=num(cost),
+                runtime_minutes=num(minutes),
+            )
+            aem.turns += n
+            aem.aem_value += num(value)
+            aem.aem_cost += num(cost)
+            aem.runtime_minutes += num(minutes)
+        read_base = cache.input_tokens + cache.cache_read_tokens
+        cache.cache_read_share = cache.cache_read_tokens / read_base if read_base else 0.0
+
+    def tools(self, out: pb.GetDashboardResponse) -> None:
+        source = f"(SELECT tc.tool_name AS tool, tc.duration_ms FROM runs r {self._tool_join()}) x"
+        ps = self.sql.percentiles(source, ["tool"], "duration_ms", {"p50": 0.5, "p95": 0.95})
+        c = self.sql.collate
+        body = f"""
+            , n AS (SELECT tc.tool_name AS tool, COUNT(*) AS calls,
+                    SUM(CASE WHEN tc.success THEN 1 ELSE 0 END) AS ok
+                    FROM runs r {self._tool_join()} GROUP BY tool)
+            SELECT n.tool, n.calls, n.ok, p.p50, p.p95 FROM n LEFT JOIN ({ps}) p
+                ON p.tool = n.tool ORDER BY n.calls DESC, n.tool{c}"""
+        for tool, calls, ok, p50, p95 in self.rows(body):
+            out.tools.add(
+                tool_name=tool,
+                calls=calls,
+                successes=int(ok),
+                success_rate=rate(ok, calls),
+                p50_duration_ms=num(p50),
+                p95_duration_ms=num(p95),
+            )
+
+    def rejected(self, out: pb.GetDashboardResponse) -> None:
+        where, params = ["tenant_id = :tenant"], dict(self.params)
+        if self.filters.start is not None:
+            where.append("received_at >= :start")
+        if self.filters.end is not None:
+            where.append("received_at < :end")
+        reason = self.sql.json_first_reason("violations")
+        c = self.sql.collate
+        statement = sa.text(
+            f"""SELECT door, kind, COALESCE({reason}, '') AS reason, COUNT(*) AS n
+                FROM rejected_records WHERE {" AND ".join(where)}
+                GROUP BY door, kind, reason ORDER BY n DESC, door{c}, kind{c}, reason{c}"""
+        )
+        params = {k: v for k, v in params.items() if k in ("tenant", "start", "end")}
+        for door, kind, why, n in self.conn.execute(statement, params):
+            out.rejected.add(door=door, kind=kind, reason=why, count=n)

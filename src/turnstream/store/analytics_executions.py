@@ -1,0 +1,176 @@
+"""Storage, read side: GetExecution (one execution and its records, in order) and
+ListExecutions (newest first, keyset-paged), on the read engine's own connections."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from turnstream.store import schema
+from turnstream.store.analytics import iso, num
+from turnstream.store.analytics_sql import Filters, Sql
+from turnstream.store.queries import Reads, record_of
+from turnstream.v1 import analytics_pb2 as pb
+from turnstream.v1 import records_pb2
+
+
+class BadPageToken(ValueError):
+    """The page token was not issued for these filters (or was not issued at all)."""
+
+
+def _filter_key(f: Filters) -> str:
+    text = repr((f.start, f.end, f.workflow_name, f.triggered_by, f.status))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def encode_token(f: Filters, started_at: Any, execution_id: str) -> str:
+    raw = json.dumps({"f": _filter_key(f), "t": iso(started_at), "id": execution_id})
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_token(f: Filters, token: str) -> tuple[dt.datetime, str]:
+    try:
+        raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        if raw["f"] != _filter_key(f):
+            raise BadPageToken("page_token was issued for other filters")
+        started = dt.datetime.fromisoformat(raw["t"].replace("Z", "+00:00"))
+        return started, str(raw["id"])
+    except BadPageToken:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise BadPageToken("page_token is not a token this service issued") from exc
+
+
+class Executions:
+    def __init__(self, reads: Reads) -> None:
+        self.reads = reads
+        self.sql = Sql(reads.engine.dialect.name)
+
+    async def get(self, tenant_id: str, execution_id: str) -> pb.GetExecutionResponse | None:
+        def run() -> pb.GetExecutionResponse | None:
+            with self.reads.engine.connect() as conn:
+                found = self._executions(conn, tenant_id, [execution_id])
+                if not found:
+                    return None
+                out = pb.GetExecutionResponse(execution=found[execution_id])
+                key = {"tenant_id": tenant_id, "execution_id": execution_id}
+                for kind, table, target, order in (
+                    ("turn", schema.turns, out.turns, ("turn_number", "started_at")),
+                    ("tool_call", schema.tool_calls, out.tool_calls, ("started_at",)),
+                    ("task", schema.tasks, out.tasks, ("task_number", "started_at")),
+                ):
+                    query = sa.select(table).where(*(table.c[k] == v for k, v in key.items()))
+                    query = query.order_by(*(table.c[c] for c in order), table.c.record_key)
+                    for row in conn.execute(query):
+                        target.append(record_of(kind, dict(row._mapping)))  # type: ignore[arg-type]
+                totals = self._totals(conn, tenant_id, [execution_id])
+                out.totals.CopyFrom(totals[execution_id])
+                return out
+
+        return await self.reads._read(run)
+
+    async def list(
+        self, tenant_id: str, f: Filters, page_size: int, token: str
+    ) -> pb.ListExecutionsResponse:
+        after = decode_token(f, token) if token else None
+
+        def run() -> pb.ListExecutionsResponse:
+            with self.reads.engine.connect() as conn:
+                cte, params = self.sql.runs(f, where=("e.started_at IS NOT NULL",))
+                keyset = ""
+                if after is not None:
+                    keyset = (
+                        "WHERE started_at < :after_t OR (started_at = :after_t"
+                        f" AND execution_id{self.sql.collate} < :after_id)"
+                    )
+                    params |= {"after_t": self.sql.time(after[0]), "after_id": after[1]}
+                statement = sa.text(
+                    f"""{cte} SELECT execution_id, started_at FROM runs {keyset}
+                        ORDER BY started_at DESC, execution_id{self.sql.collate} DESC
+                        LIMIT :n"""
+                )
+                page = list(
+                    conn.execute(statement, {"tenant": tenant_id, **params, "n": page_size + 1})
+                )
+                more = len(page) > page_size
+                page = page[:page_size]
+                ids = [eid for eid, _ in page]
+                found = self._executions(conn, tenant_id, ids)
+                totals = self._totals(conn, tenant_id, ids)
+                out = pb.ListExecutionsResponse()
+                for eid in ids:
+                    out.executions.add(execution=found[eid], totals=totals[eid])
+                if more:
+                    out.next_page_token = encode_token(f, page[-1][1], page[-1][0])
+                return out
+
+        return await self.reads._read(run)
+
+    def _executions(
+        self, conn: sa.Connection, tenant_id: str, ids: Sequence[str]
+    ) -> dict[str, records_pb2.Execution]:
+        """The stored executions, each with the status and duration the dashboard derives."""
+        if not ids:
+            return {}
+        e = schema.executions
+        rows = conn.execute(
+            sa.select(e).where(e.c.tenant_id == tenant_id, e.c.execution_id.in_(ids))
+        )
+        out: dict[str, records_pb2.Execution] = {}
+        for row in rows:
+            out[row.execution_id] = record_of("execution", dict(row._mapping))  # type: ignore[assignment]
+        cte, params = self.sql.runs(Filters(None, None), where=("e.execution_id IN :ids",))
+        statement = sa.text(
+            f"{cte} SELECT execution_id, status, error_message, duration_ms FROM runs"
+        ).bindparams(sa.bindparam("ids", expanding=True))
+        for eid, status, message, ms in conn.execute(
+            statement, {"tenant": tenant_id, **params, "ids": list(ids)}
+        ):
+            record = out[eid]
+            record.status = records_pb2.ExecutionStatus.Value(f"EXECUTION_STATUS_{status.upper()}")
+            if message and not record.error_message:
+                record.error_message = message
+            if ms is not None and not record.HasField("duration_ms"):
+                record.duration_ms = int(ms)
+        return out
+
+    def _totals(
+        self, conn: sa.Connection, tenant_id: str, ids: Sequence[str]
+    ) -> dict[str, pb.ExecutionTotals]:
+        out = {eid: pb.ExecutionTotals() for eid in ids}
+        if not ids:
+            return out
+        ids_param = sa.bindparam("ids", expanding=True)
+        turns = sa.text(
+            """SELECT execution_id, COUNT(*), SUM(COALESCE(input_tokens, 0)),
+                SUM(COALESCE(output_tokens, 0)), SUM(COALESCE(total_tokens, 0)),
+                SUM(COALESCE(total_cost, 0)), SUM(COALESCE(aem_value, 0))
+            FROM turns WHERE tenant_id = :tenant AND execution_id IN :ids
+            GROUP BY execution_id"""
+        ).bindparams(ids_param)
+        params = {"tenant": tenant_id, "ids": list(ids)}
+        for eid, n, i, o, t, cost, aem in conn.execute(turns, params):
+            tot = out[eid]
+            tot.turns, tot.input_tokens, tot.output_tokens = n, int(i), int(o)
+            tot.total_tokens, tot.total_cost, tot.aem_value = int(t), num(cost), num(aem)
+        calls = sa.text(
+            """SELECT execution_id, COUNT(*),
+                SUM(CASE WHEN success = FALSE THEN 1 ELSE 0 END)
+            FROM tool_calls WHERE tenant_id = :tenant AND execution_id IN :ids
+            GROUP BY execution_id"""
+        ).bindparams(ids_param)
+        for eid, n, failed in conn.execute(calls, params):
+            out[eid].tool_calls, out[eid].failed_tool_calls = n, int(num(failed))
+        tasks = sa.text(
+            """SELECT execution_id, COUNT(*) FROM tasks
+            WHERE tenant_id = :tenant AND execution_id IN :ids GROUP BY execution_id"""
+        ).bindparams(ids_param)
+        for eid, n in conn.execute(tasks, params):
+            out[eid].tasks = n
+        return out

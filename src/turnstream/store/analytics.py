@@ -49,7 +49,7 @@ def iso(value: Any) -> str:
         value = dt.datetime.fromisoformat(value)
     if value.tzinfo is None:
         value = value.replace(tzinfo=dt.UTC)
-    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+    return str(value.astimezone(dt.UTC).isoformat()).replace("+00:00", "Z")
 
 
 def rate(part: Any, whole: Any) -> float:
@@ -182,16 +182,16 @@ class _Queries:
 
     def triggers(self, out: pb.GetDashboardResponse) -> None:
         for word, n in self.rows(
-            f"""SELECT COALESCE(triggered_by, 'unknown') AS w, COUNT(*) AS n FROM runs
-                GROUP BY w ORDER BY n DESC, w{self.sql.collate}"""
+            f"""SELECT COALESCE(triggered_by, 'unknown'){self.sql.collate} AS w, COUNT(*) AS n
+                FROM runs GROUP BY w ORDER BY n DESC, w"""
         ):
             out.trigger_distribution.add(trigger_type=word, count=n)
 
     def automations(self, out: pb.GetDashboardResponse, sort_by: str) -> None:
-        order = SORTS[sort_by].replace(", w", f", w{self.sql.collate}")
+        order = SORTS[sort_by]
         if not self.sql.pg:
             order = order.replace("DOUBLE PRECISION", "REAL")
-        body = f"""SELECT COALESCE(workflow_name, 'unknown') AS w, COUNT(*) AS n,
+        body = f"""SELECT COALESCE(workflow_name, 'unknown'){self.sql.collate} AS w, COUNT(*) AS n,
                 SUM(CASE WHEN status = 'completed' THEN 1 ELSE 0 END) AS c,
                 SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END) AS f,
                 AVG(duration_ms) AS a, MAX(started_at) AS last
@@ -334,12 +334,12 @@ class _Queries:
         cols = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_creation_tokens")
         sums = ", ".join(f"SUM(COALESCE(t.{c}, 0))" for c in (*cols, "total_tokens"))
         c = self.sql.collate
-        keys = "t.model AS m, COALESCE(t.model_provider, '') AS p"
+        keys = f"t.model{c} AS m, COALESCE(t.model_provider, ''){c} AS p"
         bucket = self.sql.bucket("t.started_at", granularity)
         over = f"""SELECT {bucket} AS b, {keys}, COUNT(*), {sums}, SUM(COALESCE(t.total_cost, 0))
-            FROM runs r {self._turn_join()} GROUP BY b, m, p ORDER BY b, m{c}, p{c}"""
+            FROM runs r {self._turn_join()} GROUP BY b, m, p ORDER BY b, m, p"""
         total = f"""SELECT '' AS b, {keys}, COUNT(*) AS n, {sums}, SUM(COALESCE(t.total_cost, 0))
-            FROM runs r {self._turn_join()} GROUP BY m, p ORDER BY n DESC, m{c}, p{c}"""
+            FROM runs r {self._turn_join()} GROUP BY m, p ORDER BY n DESC, m, p"""
         for target, body in ((out.models_over_time, over), (out.models, total)):
             for b, m, p, n, i, o, cr, cc, tt, cost in self.rows(body):
                 target.add(
@@ -411,9 +411,9 @@ class _Queries:
         reason = self.sql.json_first_reason("violations")
         c = self.sql.collate
         statement = sa.text(
-            f"""SELECT door, kind, COALESCE({reason}, '') AS reason, COUNT(*) AS n
+            f"""SELECT door{c} AS d, kind{c} AS k, COALESCE({reason}, ''){c} AS r, COUNT(*) AS n
                 FROM rejected_records WHERE {" AND ".join(where)}
-                GROUP BY door, kind, reason ORDER BY n DESC, door{c}, kind{c}, reason{c}"""
+                GROUP BY d, k, r ORDER BY n DESC, d, k, r"""
         )
         params = {k: v for k, v in params.items() if k in ("tenant", "start", "end")}
         for door, kind, why, n in self.conn.execute(statement, params):

@@ -3,48 +3,27 @@ ListExecutions (newest first, keyset-paged), on the read engine's own connection
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import hashlib
-import json
 from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
 
 from turnstream.store import schema
-from turnstream.store.analytics import iso, num
+from turnstream.store.analytics import num
 from turnstream.store.analytics_sql import Filters, Sql
 from turnstream.store.queries import Reads, record_of
 from turnstream.v1 import analytics_pb2 as pb
 from turnstream.v1 import records_pb2
 
-
-class BadPageToken(ValueError):
-    """The page token was not issued for these filters (or was not issued at all)."""
+Keyset = tuple[dt.datetime, str]
 
 
-def _filter_key(f: Filters) -> str:
-    text = repr((f.start, f.end, f.workflow_name, f.triggered_by, f.status))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def encode_token(f: Filters, started_at: Any, execution_id: str) -> str:
-    raw = json.dumps({"f": _filter_key(f), "t": iso(started_at), "id": execution_id})
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def decode_token(f: Filters, token: str) -> tuple[dt.datetime, str]:
-    try:
-        raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        if raw["f"] != _filter_key(f):
-            raise BadPageToken("page_token was issued for other filters")
-        started = dt.datetime.fromisoformat(raw["t"].replace("Z", "+00:00"))
-        return started, str(raw["id"])
-    except BadPageToken:
-        raise
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise BadPageToken("page_token is not a token this service issued") from exc
+def _aware(value: Any) -> dt.datetime:
+    if isinstance(value, str):  # SQLite answers its stored UTC text
+        value = dt.datetime.fromisoformat(value)
+    aware: dt.datetime = value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value
+    return aware.astimezone(dt.UTC)
 
 
 class Executions:
@@ -76,11 +55,12 @@ class Executions:
         return await self.reads._read(run)
 
     async def list(
-        self, tenant_id: str, f: Filters, page_size: int, token: str
-    ) -> pb.ListExecutionsResponse:
-        after = decode_token(f, token) if token else None
+        self, tenant_id: str, f: Filters, page_size: int, after: Keyset | None
+    ) -> tuple[pb.ListExecutionsResponse, Keyset | None]:
+        """One page, newest first, after the keyset (start, id) of the previous page's last
+        execution; answers the keyset of this page's last when there are more."""
 
-        def run() -> pb.ListExecutionsResponse:
+        def run() -> tuple[pb.ListExecutionsResponse, Keyset | None]:
             with self.reads.engine.connect() as conn:
                 cte, params = self.sql.runs(f, where=("e.started_at IS NOT NULL",))
                 keyset = ""
@@ -106,9 +86,8 @@ class Executions:
                 out = pb.ListExecutionsResponse()
                 for eid in ids:
                     out.executions.add(execution=found[eid], totals=totals[eid])
-                if more:
-                    out.next_page_token = encode_token(f, page[-1][1], page[-1][0])
-                return out
+                last = (_aware(page[-1][1]), page[-1][0]) if more else None
+                return out, last
 
         return await self.reads._read(run)
 
@@ -146,7 +125,7 @@ class Executions:
         out = {eid: pb.ExecutionTotals() for eid in ids}
         if not ids:
             return out
-        ids_param = sa.bindparam("ids", expanding=True)
+        ids_param: Any = sa.bindparam("ids", expanding=True)
         turns = sa.text(
             """SELECT execution_id, COUNT(*), SUM(COALESCE(input_tokens, 0)),
                 SUM(COALESCE(output_tokens, 0)), SUM(COALESCE(total_tokens, 0)),

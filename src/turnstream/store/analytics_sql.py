@@ -130,14 +130,14 @@ class Sql:
             f"SELECT {lead}{value} AS v, ROW_NUMBER() OVER ({part}ORDER BY {value}) - 1 AS i, "
             f"COUNT(*) OVER ({part.strip()}) AS n FROM {source} WHERE {value} IS NOT NULL"
         )
-        cols = []
+        picks = []
         for name, p in ps.items():
             pos = f"({p} * (n - 1))"
             lo = f"MAX(CASE WHEN i = CAST({pos} AS INTEGER) THEN v END)"
             hi = f"MAX(CASE WHEN i = CAST({pos} AS INTEGER) + 1 THEN v END)"
             frac = f"MAX({pos} - CAST({pos} AS INTEGER))"
-            cols.append(f"({lo} + (COALESCE({hi}, {lo}) - {lo}) * {frac}) AS {name}")
-        return f"SELECT {lead}{', '.join(cols)} FROM ({ranked}) ranked{tail}"
+            picks.append(f"({lo} + (COALESCE({hi}, {lo}) - {lo}) * {frac}) AS {name}")
+        return f"SELECT {lead}{', '.join(picks)} FROM ({ranked}) ranked{tail}"
 
     def runs(self, f: Filters, *, where: tuple[str, ...] = ()) -> tuple[str, dict[str, Any]]:
         """`WITH runs AS (...)`: the executions the filters select, with their derived status,

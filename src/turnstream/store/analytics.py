@@ -6,18 +6,19 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
-from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
 
+from turnstream.store import analytics_llm
 from turnstream.store.analytics_sql import (
-    AEM_TIERS,
     Filters,
     Sql,
     action_kind,
-    aem_tier,
     failure_category,
+    iso,
+    num,
+    rate,
 )
 from turnstream.store.queries import Reads
 from turnstream.v1 import analytics_pb2 as pb
@@ -31,29 +32,6 @@ SORTS = {
 PERCENTILES = {"p50": 0.5, "p75": 0.75, "p90": 0.9, "p95": 0.95, "p99": 0.99}
 HISTOGRAM_BUCKETS = 20
 TOP_AUTOMATIONS = 10
-
-
-def num(value: Any) -> float:
-    """A SQL number as float (PostgreSQL's AVG answers Decimal); NULL is 0."""
-    if value is None:
-        return 0.0
-    return float(value) if isinstance(value, Decimal | int | float) else float(str(value))
-
-
-def iso(value: Any) -> str:
-    """A stored time as RFC 3339 UTC text; SQLite answers its stored text, PostgreSQL a
-    datetime."""
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        value = dt.datetime.fromisoformat(value)
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.UTC)
-    return str(value.astimezone(dt.UTC).isoformat()).replace("+00:00", "Z")
-
-
-def rate(part: Any, whole: Any) -> float:
-    return 100.0 * num(part) / num(whole) if num(whole) else 0.0
 
 
 class Dashboard:
@@ -78,13 +56,13 @@ class Dashboard:
                 # One snapshot for every section on PostgreSQL, so the figures agree.
                 if self.sql.pg:
                     conn.execute(sa.text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
-                q = _Queries(conn, self.sql, tenant_id, filters)
+                q = Queries(conn, self.sql, tenant_id, filters)
                 return q.all(granularity, sort_by, limit, offset, now)
 
         return await self.reads._read(run)
 
 
-class _Queries:
+class Queries:
     def __init__(self, conn: sa.Connection, sql: Sql, tenant_id: str, filters: Filters) -> None:
         self.conn, self.sql, self.filters = conn, sql, filters
         self.cte, params = sql.runs(filters)
@@ -115,10 +93,10 @@ class _Queries:
             self.complexity,
             self.endpoints,
             self.workflows,
-            lambda o: self.models(o, granularity),
-            self.cache_and_aem,
-            self.tools,
-            self.rejected,
+            lambda o: analytics_llm.models(self, o, granularity),
+            lambda o: analytics_llm.cache_and_aem(self, o),
+            lambda o: analytics_llm.tools(self, o),
+            lambda o: analytics_llm.rejected(self, o),
         ]
         for section in sections:
             section(out)
@@ -246,10 +224,10 @@ class _Queries:
                 duration_ms=int(num(ms)),
             )
 
-    def _tool_join(self) -> str:
+    def tool_join(self) -> str:
         return "JOIN tool_calls tc ON tc.tenant_id = :tenant AND tc.execution_id = r.execution_id"
 
-    def _turn_join(self) -> str:
+    def turn_join(self) -> str:
         return "JOIN turns t ON t.tenant_id = :tenant AND t.execution_id = r.execution_id"
 
     def actions(self, out: pb.GetDashboardResponse) -> None:
@@ -257,7 +235,7 @@ class _Queries:
         sums = ", ".join(f"SUM(CASE WHEN k = '{k}' THEN 1 ELSE 0 END)" for k in kinds)
         body = f"""
             , a AS (SELECT COALESCE(r.workflow_name, 'unknown') AS w,
-                    {action_kind("tc.tool_name")} AS k FROM runs r {self._tool_join()})
+                    {action_kind("tc.tool_name")} AS k FROM runs r {self.tool_join()})
             SELECT w, {sums}, COUNT(*) AS n FROM a
             GROUP BY w ORDER BY n DESC, w{self.sql.collate}"""
         for w, clicks, keys, scrolls, shots, n in self.rows(body):
@@ -276,10 +254,10 @@ class _Queries:
                     SUM(CASE WHEN status = 'completed' THEN 1 ELSE 0 END) AS c,
                     AVG(duration_ms) AS a FROM runs GROUP BY wf),
             s AS (SELECT COALESCE(r.workflow_name, 'unknown') AS wf, COUNT(*) AS steps,
-                    COUNT(DISTINCT tc.tool_name) AS params FROM runs r {self._tool_join()}
+                    COUNT(DISTINCT tc.tool_name) AS params FROM runs r {self.tool_join()}
                     GROUP BY wf),
             i AS (SELECT COALESCE(r.workflow_name, 'unknown') AS wf, COUNT(*) AS it
-                    FROM runs r {self._turn_join()} GROUP BY wf)
+                    FROM runs r {self.turn_join()} GROUP BY wf)
             SELECT w.wf, w.n, w.c, w.a, COALESCE(s.steps, 0), COALESCE(s.params, 0),
                 COALESCE(i.it, 0)
             FROM w LEFT JOIN s ON s.wf = w.wf LEFT JOIN i ON i.wf = w.wf"""
@@ -329,92 +307,3 @@ class _Queries:
                 WHERE tenant_id = :tenant AND workflow_name IS NOT NULL ORDER BY w"""
         )
         out.workflows.extend(w for (w,) in self.conn.execute(statement, self.params))
-
-    def models(self, out: pb.GetDashboardResponse, granularity: str) -> None:
-        cols = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_creation_tokens")
-        sums = ", ".join(f"SUM(COALESCE(t.{c}, 0))" for c in (*cols, "total_tokens"))
-        c = self.sql.collate
-        keys = f"t.model{c} AS m, COALESCE(t.model_provider, ''){c} AS p"
-        bucket = self.sql.bucket("t.started_at", granularity)
-        over = f"""SELECT {bucket} AS b, {keys}, COUNT(*), {sums}, SUM(COALESCE(t.total_cost, 0))
-            FROM runs r {self._turn_join()} GROUP BY b, m, p ORDER BY b, m, p"""
-        total = f"""SELECT '' AS b, {keys}, COUNT(*) AS n, {sums}, SUM(COALESCE(t.total_cost, 0))
-            FROM runs r {self._turn_join()} GROUP BY m, p ORDER BY n DESC, m, p"""
-        for target, body in ((out.models_over_time, over), (out.models, total)):
-            for b, m, p, n, i, o, cr, cc, tt, cost in self.rows(body):
-                target.add(
-                    time=b,
-                    model=m,
-                    model_provider=p,
-                    turns=n,
-                    input_tokens=int(i),
-                    output_tokens=int(o),
-                    cache_read_tokens=int(cr),
-                    cache_creation_tokens=int(cc),
-                    total_tokens=int(tt),
-                    total_cost=num(cost),
-                )
-
-    def cache_and_aem(self, out: pb.GetDashboardResponse) -> None:
-        body = f"""SELECT {aem_tier("t.model_weight")} AS tier, COUNT(*),
-                SUM(COALESCE(t.input_tokens, 0)), SUM(COALESCE(t.cache_read_tokens, 0)),
-                SUM(COALESCE(t.cache_creation_tokens, 0)), SUM(COALESCE(t.aem_value, 0)),
-                SUM(COALESCE(t.aem_cost, 0)), SUM(COALESCE(t.runtime_minutes, 0))
-            FROM runs r {self._turn_join()} GROUP BY tier"""
-        by_tier = {row[0]: row[1:] for row in self.rows(body)}
-        cache, aem = out.cache, out.aem
-        for tier, _weight in AEM_TIERS:
-            n, i, cr, cc, value, cost, minutes = by_tier.get(tier, (0, 0, 0, 0, 0, 0, 0))
-            cache.input_tokens += int(i)
-            cache.cache_read_tokens += int(cr)
-            cache.cache_creation_tokens += int(cc)
-            aem.tiers.add(
-                tier=tier,
-                turns=n,
-                aem_value=num(value),
-                aem_cost=num(cost),
-                runtime_minutes=num(minutes),
-            )
-            aem.turns += n
-            aem.aem_value += num(value)
-            aem.aem_cost += num(cost)
-            aem.runtime_minutes += num(minutes)
-        read_base = cache.input_tokens + cache.cache_read_tokens
-        cache.cache_read_share = cache.cache_read_tokens / read_base if read_base else 0.0
-
-    def tools(self, out: pb.GetDashboardResponse) -> None:
-        source = f"(SELECT tc.tool_name AS tool, tc.duration_ms FROM runs r {self._tool_join()}) x"
-        ps = self.sql.percentiles(source, ["tool"], "duration_ms", {"p50": 0.5, "p95": 0.95})
-        c = self.sql.collate
-        body = f"""
-            , n AS (SELECT tc.tool_name AS tool, COUNT(*) AS calls,
-                    SUM(CASE WHEN tc.success THEN 1 ELSE 0 END) AS ok
-                    FROM runs r {self._tool_join()} GROUP BY tool)
-            SELECT n.tool, n.calls, n.ok, p.p50, p.p95 FROM n LEFT JOIN ({ps}) p
-                ON p.tool = n.tool ORDER BY n.calls DESC, n.tool{c}"""
-        for tool, calls, ok, p50, p95 in self.rows(body):
-            out.tools.add(
-                tool_name=tool,
-                calls=calls,
-                successes=int(ok),
-                success_rate=rate(ok, calls),
-                p50_duration_ms=num(p50),
-                p95_duration_ms=num(p95),
-            )
-
-    def rejected(self, out: pb.GetDashboardResponse) -> None:
-        where, params = ["tenant_id = :tenant"], dict(self.params)
-        if self.filters.start is not None:
-            where.append("received_at >= :start")
-        if self.filters.end is not None:
-            where.append("received_at < :end")
-        reason = self.sql.json_first_reason("violations")
-        c = self.sql.collate
-        statement = sa.text(
-            f"""SELECT door{c} AS d, kind{c} AS k, COALESCE({reason}, ''){c} AS r, COUNT(*) AS n
-                FROM rejected_records WHERE {" AND ".join(where)}
-                GROUP BY d, k, r ORDER BY n DESC, d, k, r"""
-        )
-        params = {k: v for k, v in params.items() if k in ("tenant", "start", "end")}
-        for door, kind, why, n in self.conn.execute(statement, params):
-            out.rejected.add(door=door, kind=kind, reason=why, count=n)

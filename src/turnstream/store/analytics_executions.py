@@ -10,8 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from turnstream.store import schema
-from turnstream.store.analytics import num
-from turnstream.store.analytics_sql import Filters, Sql
+from turnstream.store.analytics_sql import Filters, Sql, num
 from turnstream.store.queries import Reads, record_of
 from turnstream.v1 import analytics_pb2 as pb
 from turnstream.v1 import records_pb2

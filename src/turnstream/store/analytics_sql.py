@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from turnstream.store.schema import sqlite_time
@@ -179,3 +180,26 @@ class Sql:
             outer += " WHERE status = :status"
             params["status"] = f.status
         return f"WITH base AS ({inner}), runs AS ({outer})", params
+
+
+def num(value: Any) -> float:
+    """A SQL number as float (PostgreSQL's AVG answers Decimal); NULL is 0."""
+    if value is None:
+        return 0.0
+    return float(value) if isinstance(value, Decimal | int | float) else float(str(value))
+
+
+def iso(value: Any) -> str:
+    """A stored time as RFC 3339 UTC text; SQLite answers its stored text, PostgreSQL a
+    datetime."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return str(value.astimezone(dt.UTC).isoformat()).replace("+00:00", "Z")
+
+
+def rate(part: Any, whole: Any) -> float:
+    return 100.0 * num(part) / num(whole) if num(whole) else 0.0

@@ -1,0 +1,108 @@
+"""Storage, read side: the LLM sections of GetDashboard — tokens and cost by model and
+provider (over time and in all), prompt cache reads, AEM and Kubiya's tiers, per-tool latency,
+dead letters — each one SQL statement over the `runs` CTE (store/analytics_sql.py)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import sqlalchemy as sa
+
+from turnstream.store.analytics_sql import AEM_TIERS, aem_tier, num, rate
+from turnstream.v1 import analytics_pb2 as pb
+
+if TYPE_CHECKING:
+    from turnstream.store.analytics import Queries
+
+
+def models(q: Queries, out: pb.GetDashboardResponse, granularity: str) -> None:
+    cols = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_creation_tokens")
+    sums = ", ".join(f"SUM(COALESCE(t.{c}, 0))" for c in (*cols, "total_tokens"))
+    c = q.sql.collate
+    keys = f"t.model{c} AS m, COALESCE(t.model_provider, ''){c} AS p"
+    bucket = q.sql.bucket("t.started_at", granularity)
+    over = f"""SELECT {bucket} AS b, {keys}, COUNT(*), {sums}, SUM(COALESCE(t.total_cost, 0))
+        FROM runs r {q.turn_join()} GROUP BY b, m, p ORDER BY b, m, p"""
+    total = f"""SELECT '' AS b, {keys}, COUNT(*) AS n, {sums}, SUM(COALESCE(t.total_cost, 0))
+        FROM runs r {q.turn_join()} GROUP BY m, p ORDER BY n DESC, m, p"""
+    for target, body in ((out.models_over_time, over), (out.models, total)):
+        for b, m, p, n, i, o, cr, cc, tt, cost in q.rows(body):
+            target.add(
+                time=b,
+                model=m,
+                model_provider=p,
+                turns=n,
+                input_tokens=int(i),
+                output_tokens=int(o),
+                cache_read_tokens=int(cr),
+                cache_creation_tokens=int(cc),
+                total_tokens=int(tt),
+                total_cost=num(cost),
+            )
+
+
+def cache_and_aem(q: Queries, out: pb.GetDashboardResponse) -> None:
+    body = f"""SELECT {aem_tier("t.model_weight")} AS tier, COUNT(*),
+            SUM(COALESCE(t.input_tokens, 0)), SUM(COALESCE(t.cache_read_tokens, 0)),
+            SUM(COALESCE(t.cache_creation_tokens, 0)), SUM(COALESCE(t.aem_value, 0)),
+            SUM(COALESCE(t.aem_cost, 0)), SUM(COALESCE(t.runtime_minutes, 0))
+        FROM runs r {q.turn_join()} GROUP BY tier"""
+    by_tier = {row[0]: row[1:] for row in q.rows(body)}
+    cache, aem = out.cache, out.aem
+    for tier, _weight in AEM_TIERS:
+        n, i, cr, cc, value, cost, minutes = by_tier.get(tier, (0, 0, 0, 0, 0, 0, 0))
+        cache.input_tokens += int(i)
+        cache.cache_read_tokens += int(cr)
+        cache.cache_creation_tokens += int(cc)
+        aem.tiers.add(
+            tier=tier,
+            turns=n,
+            aem_value=num(value),
+            aem_cost=num(cost),
+            runtime_minutes=num(minutes),
+        )
+        aem.turns += n
+        aem.aem_value += num(value)
+        aem.aem_cost += num(cost)
+        aem.runtime_minutes += num(minutes)
+    read_base = cache.input_tokens + cache.cache_read_tokens
+    cache.cache_read_share = cache.cache_read_tokens / read_base if read_base else 0.0
+
+
+def tools(q: Queries, out: pb.GetDashboardResponse) -> None:
+    source = f"(SELECT tc.tool_name AS tool, tc.duration_ms FROM runs r {q.tool_join()}) x"
+    ps = q.sql.percentiles(source, ["tool"], "duration_ms", {"p50": 0.5, "p95": 0.95})
+    c = q.sql.collate
+    body = f"""
+        , n AS (SELECT tc.tool_name AS tool, COUNT(*) AS calls,
+                SUM(CASE WHEN tc.success THEN 1 ELSE 0 END) AS ok
+                FROM runs r {q.tool_join()} GROUP BY tool)
+        SELECT n.tool, n.calls, n.ok, p.p50, p.p95 FROM n LEFT JOIN ({ps}) p
+            ON p.tool = n.tool ORDER BY n.calls DESC, n.tool{c}"""
+    for tool, calls, ok, p50, p95 in q.rows(body):
+        out.tools.add(
+            tool_name=tool,
+            calls=calls,
+            successes=int(ok),
+            success_rate=rate(ok, calls),
+            p50_duration_ms=num(p50),
+            p95_duration_ms=num(p95),
+        )
+
+
+def rejected(q: Queries, out: pb.GetDashboardResponse) -> None:
+    where, params = ["tenant_id = :tenant"], dict(q.params)
+    if q.filters.start is not None:
+        where.append("received_at >= :start")
+    if q.filters.end is not None:
+        where.append("received_at < :end")
+    reason = q.sql.json_first_reason("violations")
+    c = q.sql.collate
+    statement = sa.text(
+        f"""SELECT door{c} AS d, kind{c} AS k, COALESCE({reason}, ''){c} AS r, COUNT(*) AS n
+            FROM rejected_records WHERE {" AND ".join(where)}
+            GROUP BY d, k, r ORDER BY n DESC, d, k, r"""
+    )
+    params = {k: v for k, v in params.items() if k in ("tenant", "start", "end")}
+    for door, kind, why, n in q.conn.execute(statement, params):
+        out.rejected.add(door=door, kind=kind, reason=why, count=n)

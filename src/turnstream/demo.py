@@ -227,3 +227,22 @@ async def _settle(
     if callable(progress):
         progress(len(pending))
     return stored
+
+
+def run_demo(database_url: str, executions: int, days: int, seed: int) -> None:
+    """The `turnstream demo` command: fill with a progress bar, then say what to open."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    if executions < 1 or days < 1:
+        raise ValueError("--executions and --days must be at least 1")
+    end = dt.datetime.now(dt.UTC)
+    spec = Spec(executions, end - dt.timedelta(days=days), end, seed)
+    columns = (BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress("executions", *columns) as progress:
+        task = progress.add_task("demo", total=executions)
+        stored = asyncio.run(fill(database_url, spec, lambda n: progress.advance(task, n)))
+    Console().print(
+        f"stored {stored:,} records of {executions:,} executions; "
+        "run [bold]turnstream serve[/] and open http://127.0.0.1:8080/"
+    )

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from importlib import resources
 from typing import Any
 
 from google.protobuf import json_format
@@ -168,6 +169,19 @@ def _last_days(days: int, granularity: int = 0) -> pb.GetDashboardRequest:
     return req
 
 
+# The dashboard page (src/turnstream/web/): served from the package, nothing from a CDN.
+WEB_ASSETS = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
+
+
+def _asset_route(name: str, media: str) -> Callable[[Request], Awaitable[Response]]:
+    body = resources.files("turnstream.web").joinpath(name).read_bytes()
+
+    async def serve(_request: Request) -> Response:
+        return Response(body, media_type=media, headers={"Cache-Control": "no-cache"})
+
+    return serve
+
+
 def routes_for(calls: AnalyticsCalls) -> Callable[[HttpContext], list[BaseRoute]]:
     """The read side's route set (for doors.http.build_app)."""
     invoke: dict[str, http_native.Invoke] = {
@@ -275,6 +289,9 @@ def routes_for(calls: AnalyticsCalls) -> Callable[[HttpContext], list[BaseRoute]
             (f"{KUBIYA}/costs", "GET", costs, "kubiya_costs"),
             (f"{KUBIYA}/aem/summary", "GET", aem_summary, "kubiya_aem_summary"),
         )
+        for asset, media in WEB_ASSETS.items():
+            out.append(Route(f"/web/{asset}", _asset_route(asset, media), methods=["GET"]))
+        out.append(Route("/", _asset_route("dashboard.html", "text/html"), methods=["GET"]))
         for path, verb, handler, name in own:
             bound = functools.partial(handler, ctx)
             out.append(

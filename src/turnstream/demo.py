@@ -67,6 +67,8 @@ class Spec:
     end: dt.datetime
     seed: int = 7
     invalid_every: int = 50  # one invalid turn per this many executions (0: none)
+    max_turns: int = 6  # turns per execution: 1 to this many
+    call_chance: float = 1.0  # below 1: a turn calls 1-2 tools with this chance, else 0-3
 
 
 def _ts(field: object, value: dt.datetime) -> None:
@@ -104,10 +106,13 @@ def _execution(
     error = rng.choice(ERRORS) if status == "failed" else ""
     model, provider, weight, price_in, price_out = rng.choice(MODELS)
     t = start
-    turns = 0 if status == "pending" else rng.randint(1, 6)
+    turns = 0 if status == "pending" else rng.randint(1, spec.max_turns)
     for k in range(1, turns + 1):
         ms = rng.randint(400, 20_000)
-        calls = rng.randint(0, 3)
+        if spec.call_chance < 1:
+            calls = rng.randint(1, 2) if rng.random() < spec.call_chance else 0
+        else:
+            calls = rng.randint(0, 3)
         tin, tout = rng.randint(200, 8000), rng.randint(50, 2000)
         cache_read = rng.choice((0, 0, rng.randint(1000, 30_000)))
         cache_new = rng.choice((0, 0, 0, rng.randint(100, 4000)))

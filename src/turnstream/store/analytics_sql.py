@@ -158,28 +158,28 @@ class Sql:
         if f.triggered_by:
             where += ("e.triggered_by = :triggered_by",)
             params["triggered_by"] = f.triggered_by
-        failed_task = (
-            "SELECT {what} FROM tasks t WHERE t.tenant_id = e.tenant_id"
-            " AND t.execution_id = e.execution_id AND t.status = 'failed'"
-        )
+        # Failed tasks are few: aggregated once per execution and joined, rather than looked
+        # up per execution (a correlated subquery walks ix_tasks_status for every row).
+        failed = f"""
+            SELECT execution_id, MIN(error_message{self.collate}) AS message
+            FROM tasks WHERE tenant_id = :tenant AND status = 'failed' GROUP BY execution_id"""
         inner = f"""
             SELECT e.execution_id, e.workflow_name, e.triggered_by, e.source, e.started_at,
                 CASE WHEN e.status IS NOT NULL THEN e.status
-                     WHEN EXISTS ({failed_task.format(what="1")}) THEN 'failed'
+                     WHEN ft.execution_id IS NOT NULL THEN 'failed'
                      WHEN e.completed_at IS NOT NULL THEN 'completed'
                      ELSE 'running' END AS status,
                 CASE WHEN e.error_message IS NOT NULL AND e.error_message <> ''
-                     THEN e.error_message
-                     ELSE ({failed_task.format(what="MIN(t.error_message" + self.collate + ")")})
-                     END AS error_message,
+                     THEN e.error_message ELSE ft.message END AS error_message,
                 COALESCE(e.duration_ms, {self.ms_between("e.started_at", "e.completed_at")})
                     AS duration_ms
-            FROM executions e WHERE {" AND ".join(where)}"""
+            FROM executions e LEFT JOIN failed_tasks ft ON ft.execution_id = e.execution_id
+            WHERE {" AND ".join(where)}"""
         outer = "SELECT * FROM base"
         if f.status:
             outer += " WHERE status = :status"
             params["status"] = f.status
-        return f"WITH base AS ({inner}), runs AS ({outer})", params
+        return f"WITH failed_tasks AS ({failed}), base AS ({inner}), runs AS ({outer})", params
 
 
 def num(value: Any) -> float:

@@ -89,7 +89,7 @@ async def measure(url: str, spec: Spec, args: argparse.Namespace) -> list[str]:
 
 
 async def bench(dialect: str, url: str, args: argparse.Namespace) -> list[str]:
-    end = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    end = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     spec = Spec(
         args.executions,
         end - dt.timedelta(days=args.days),
@@ -101,13 +101,16 @@ async def bench(dialect: str, url: str, args: argparse.Namespace) -> list[str]:
     )
     t0 = time.perf_counter()
     done = [0]
+    print(f"  {dialect}: loading {spec.executions:,} executions", file=sys.stderr)
 
     def progress(n: int) -> None:
         done[0] += n
         if done[0] % 10_000 < n:
             print(f"  {dialect}: {done[0]:,} executions loaded", file=sys.stderr)
 
-    await fill(url, spec, progress)
+    loaded = counts(url)["executions"] >= spec.executions if args.database_url else False
+    if not loaded:  # a --database-url already holding the data is measured as it is
+        await fill(url, spec, progress)
     load = time.perf_counter() - t0
     c = counts(url)
     lines = [
@@ -127,7 +130,14 @@ def main() -> int:
     parser.add_argument("--days", type=int, default=30, help="history spread [30]")
     parser.add_argument("--repeat", type=int, default=5, help="GetDashboard calls timed [5]")
     parser.add_argument("--dialect", choices=("postgresql", "sqlite", "both"), default="both")
+    parser.add_argument(
+        "--database-url", help="measure this database (loaded first unless it holds the data)"
+    )
     args = parser.parse_args()
+    if args.database_url:
+        dialect = "postgresql" if args.database_url.startswith("postgresql") else "sqlite"
+        print("\n".join(asyncio.run(bench(dialect, args.database_url, args))))
+        return 0
     report = [f"## Read side, {time.strftime('%Y-%m-%d %H:%M')}"]
     tmp = Path(tempfile.mkdtemp(prefix="turnstream-bench-"))
     try:

@@ -212,7 +212,7 @@ async def fill(database_url: str, spec: Spec, progress: object | None = None) ->
         pending: list[asyncio.Task[ingest_pb2.WriteResponse]] = []
         for req in generate(spec):
             pending.append(asyncio.create_task(calls.write(req, "default", "demo")))
-            if len(pending) >= 64:  # many in flight: the writer commits them together
+            if len(pending) >= 256:  # many in flight: the writer commits them together
                 stored += await _settle(pending, progress)
                 pending = []
         stored += await _settle(pending, progress)

@@ -10,11 +10,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from turnstream.store import analytics_llm
+from turnstream.store import analytics_llm, analytics_stage
 from turnstream.store.analytics_sql import (
     Filters,
     Sql,
-    action_kind,
     failure_category,
     iso,
     num,
@@ -57,7 +56,11 @@ class Dashboard:
                 if self.sql.pg:
                     conn.execute(sa.text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
                 q = Queries(conn, self.sql, tenant_id, filters)
-                return q.all(granularity, sort_by, limit, offset, now)
+                analytics_stage.stage(conn, self.sql, q.params, filters, granularity)
+                try:
+                    return q.all(granularity, sort_by, limit, offset, now)
+                finally:
+                    analytics_stage.drop(conn)
 
         return await self.reads._read(run)
 
@@ -65,8 +68,10 @@ class Dashboard:
 class Queries:
     def __init__(self, conn: sa.Connection, sql: Sql, tenant_id: str, filters: Filters) -> None:
         self.conn, self.sql, self.filters = conn, sql, filters
-        self.cte, params = sql.runs(filters)
+        _, params = sql.runs(filters)
         self.params = {"tenant": tenant_id, **params}
+        # Staged once per call by analytics_stage: the filtered executions.
+        self.cte = "WITH runs AS (SELECT * FROM dash_runs)"
 
     def rows(self, body: str, **extra: Any) -> list[Any]:
         statement = sa.text(f"{self.cte} {body}")
@@ -110,10 +115,7 @@ class Queries:
                 SUM(CASE WHEN started_at >= :today THEN 1 ELSE 0 END) FROM runs""",
             today=self.sql.time(today),
         )
-        (tokens,), *_ = self.rows(
-            """SELECT SUM(t.total_tokens) FROM runs r JOIN turns t
-                ON t.tenant_id = :tenant AND t.execution_id = r.execution_id"""
-        )
+        (tokens,), *_ = self.rows("SELECT SUM(total_tokens) FROM dash_turns")
         s = out.summary
         s.total_executions, s.completed, s.total_failures = n, int(num(c)), int(num(f))
         s.success_rate, s.avg_duration_ms = rate(c, n), num(a)
@@ -232,12 +234,9 @@ class Queries:
 
     def actions(self, out: pb.GetDashboardResponse) -> None:
         kinds = ("clicks", "keystrokes", "scrolls", "screenshots")
-        sums = ", ".join(f"SUM(CASE WHEN k = '{k}' THEN 1 ELSE 0 END)" for k in kinds)
-        body = f"""
-            , a AS (SELECT COALESCE(r.workflow_name, 'unknown') AS w,
-                    {action_kind("tc.tool_name")} AS k FROM runs r {self.tool_join()})
-            SELECT w, {sums}, COUNT(*) AS n FROM a
-            GROUP BY w ORDER BY n DESC, w{self.sql.collate}"""
+        sums = ", ".join(f"SUM(CASE WHEN k = '{k}' THEN n ELSE 0 END)" for k in kinds)
+        body = f"""SELECT wf{self.sql.collate} AS w, {sums}, SUM(n) AS total FROM dash_calls
+            GROUP BY w ORDER BY total DESC, w"""
         for w, clicks, keys, scrolls, shots, n in self.rows(body):
             out.actions_per_workflow.add(
                 workflow_name=w,
@@ -245,24 +244,23 @@ class Queries:
                 keystrokes=int(keys),
                 scrolls=int(scrolls),
                 screenshots=int(shots),
-                total_steps=n,
+                total_steps=int(n),
             )
 
     def complexity(self, out: pb.GetDashboardResponse) -> None:
-        body = f"""
+        body = """
             , w AS (SELECT COALESCE(workflow_name, 'unknown') AS wf, COUNT(*) AS n,
                     SUM(CASE WHEN status = 'completed' THEN 1 ELSE 0 END) AS c,
                     AVG(duration_ms) AS a FROM runs GROUP BY wf),
-            s AS (SELECT COALESCE(r.workflow_name, 'unknown') AS wf, COUNT(*) AS steps,
-                    COUNT(DISTINCT tc.tool_name) AS params FROM runs r {self.tool_join()}
-                    GROUP BY wf),
-            i AS (SELECT COALESCE(r.workflow_name, 'unknown') AS wf, COUNT(*) AS it
-                    FROM runs r {self.turn_join()} GROUP BY wf)
+            s AS (SELECT wf, SUM(n) AS steps, COUNT(DISTINCT tool) AS params
+                    FROM dash_calls GROUP BY wf),
+            i AS (SELECT wf, SUM(n) AS it FROM dash_turns GROUP BY wf)
             SELECT w.wf, w.n, w.c, w.a, COALESCE(s.steps, 0), COALESCE(s.params, 0),
                 COALESCE(i.it, 0)
             FROM w LEFT JOIN s ON s.wf = w.wf LEFT JOIN i ON i.wf = w.wf"""
         rows = []
         for wf, n, c, a, steps, params, it in self.rows(body):
+            steps, it = int(steps), int(it)
             score = round((steps + it) / n + params, 2)
             rows.append((-score, wf, n, c, a, steps, params, it))
         # A handful of aggregated rows, ordered by a score computed from them.

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
-from turnstream.store.analytics_sql import AEM_TIERS, aem_tier, num, rate
+from turnstream.store.analytics_sql import AEM_TIERS, num, rate
 from turnstream.v1 import analytics_pb2 as pb
 
 if TYPE_CHECKING:
@@ -16,22 +16,24 @@ if TYPE_CHECKING:
 
 
 def models(q: Queries, out: pb.GetDashboardResponse, granularity: str) -> None:
-    cols = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_creation_tokens")
-    sums = ", ".join(f"SUM(COALESCE(t.{c}, 0))" for c in (*cols, "total_tokens"))
+    """Per model and provider, per bucket and in all, from the staged turn aggregates (whose
+    buckets were cut at this granularity)."""
+    del granularity  # dash_turns.b is already bucketed
     c = q.sql.collate
-    keys = f"t.model{c} AS m, COALESCE(t.model_provider, ''){c} AS p"
-    bucket = q.sql.bucket("t.started_at", granularity)
-    over = f"""SELECT {bucket} AS b, {keys}, COUNT(*), {sums}, SUM(COALESCE(t.total_cost, 0))
-        FROM runs r {q.turn_join()} GROUP BY b, m, p ORDER BY b, m, p"""
-    total = f"""SELECT '' AS b, {keys}, COUNT(*) AS n, {sums}, SUM(COALESCE(t.total_cost, 0))
-        FROM runs r {q.turn_join()} GROUP BY m, p ORDER BY n DESC, m, p"""
+    cols = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_creation_tokens")
+    sums = ", ".join(f"SUM({x})" for x in (*cols, "total_tokens"))
+    keys = f"m{c} AS mm, p{c} AS pp"
+    over = f"""SELECT b, {keys}, SUM(n), {sums}, SUM(total_cost) FROM dash_turns
+        GROUP BY b, mm, pp ORDER BY b, mm, pp"""
+    total = f"""SELECT '' AS b, {keys}, SUM(n) AS turns, {sums}, SUM(total_cost) FROM dash_turns
+        GROUP BY mm, pp ORDER BY turns DESC, mm, pp"""
     for target, body in ((out.models_over_time, over), (out.models, total)):
         for b, m, p, n, i, o, cr, cc, tt, cost in q.rows(body):
             target.add(
                 time=b,
                 model=m,
                 model_provider=p,
-                turns=n,
+                turns=int(n),
                 input_tokens=int(i),
                 output_tokens=int(o),
                 cache_read_tokens=int(cr),
@@ -42,15 +44,14 @@ def models(q: Queries, out: pb.GetDashboardResponse, granularity: str) -> None:
 
 
 def cache_and_aem(q: Queries, out: pb.GetDashboardResponse) -> None:
-    body = f"""SELECT {aem_tier("t.model_weight")} AS tier, COUNT(*),
-            SUM(COALESCE(t.input_tokens, 0)), SUM(COALESCE(t.cache_read_tokens, 0)),
-            SUM(COALESCE(t.cache_creation_tokens, 0)), SUM(COALESCE(t.aem_value, 0)),
-            SUM(COALESCE(t.aem_cost, 0)), SUM(COALESCE(t.runtime_minutes, 0))
-        FROM runs r {q.turn_join()} GROUP BY tier"""
+    body = """SELECT tier, SUM(n), SUM(input_tokens), SUM(cache_read_tokens),
+            SUM(cache_creation_tokens), SUM(aem_value), SUM(aem_cost), SUM(runtime_minutes)
+        FROM dash_turns GROUP BY tier"""
     by_tier = {row[0]: row[1:] for row in q.rows(body)}
     cache, aem = out.cache, out.aem
     for tier, _weight in AEM_TIERS:
         n, i, cr, cc, value, cost, minutes = by_tier.get(tier, (0, 0, 0, 0, 0, 0, 0))
+        n = int(n)
         cache.input_tokens += int(i)
         cache.cache_read_tokens += int(cr)
         cache.cache_creation_tokens += int(cc)
@@ -82,7 +83,7 @@ def tools(q: Queries, out: pb.GetDashboardResponse) -> None:
     for tool, calls, ok, p50, p95 in q.rows(body):
         out.tools.add(
             tool_name=tool,
-            calls=calls,
+            calls=int(calls),
             successes=int(ok),
             success_rate=rate(ok, calls),
             p50_duration_ms=num(p50),

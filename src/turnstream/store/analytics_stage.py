@@ -1,0 +1,98 @@
+"""Storage, read side: the dashboard's staging. The filtered executions (`runs`) and the
+aggregates of their turns and tool calls are computed once per GetDashboard into temporary
+tables of the read connection — so a million turns are scanned once, not once per section —
+and every section aggregates those further in SQL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+
+from turnstream.store.analytics_sql import Filters, Sql, action_kind, aem_tier
+
+TABLES = ("dash_runs", "dash_turns", "dash_calls")
+
+
+def _create(conn: sa.Connection, sql: Sql, name: str, columns: str) -> None:
+    conn.execute(sa.text(f"DROP TABLE IF EXISTS {name}"))
+    # PostgreSQL drops it with the read's transaction; SQLite keeps temp tables per
+    # connection, so `drop` removes them before the connection returns to the pool.
+    tail = " ON COMMIT DROP" if sql.pg else ""
+    conn.execute(sa.text(f"CREATE TEMPORARY TABLE {name} ({columns}){tail}"))
+
+
+def stage(
+    conn: sa.Connection, sql: Sql, params: dict[str, Any], filters: Filters, granularity: str
+) -> None:
+    ts = "TIMESTAMPTZ" if sql.pg else "TEXT"
+    real = "DOUBLE PRECISION" if sql.pg else "REAL"
+    cte, runs_params = sql.runs(filters)
+    _create(
+        conn,
+        sql,
+        "dash_runs",
+        f"execution_id TEXT, workflow_name TEXT, triggered_by TEXT, source TEXT, "
+        f"started_at {ts}, status TEXT, error_message TEXT, duration_ms BIGINT",
+    )
+    conn.execute(
+        sa.text(
+            f"""INSERT INTO dash_runs {cte} SELECT execution_id, workflow_name, triggered_by,
+                source, started_at, status, error_message, duration_ms FROM runs"""
+        ),
+        {**params, **runs_params},
+    )
+    sums = ", ".join(
+        f"{c} {kind}"
+        for c, kind in (
+            ("input_tokens", "BIGINT"),
+            ("output_tokens", "BIGINT"),
+            ("cache_read_tokens", "BIGINT"),
+            ("cache_creation_tokens", "BIGINT"),
+            ("total_tokens", "BIGINT"),
+            ("total_cost", real),
+            ("aem_value", real),
+            ("aem_cost", real),
+            ("runtime_minutes", real),
+        )
+    )
+    _create(
+        conn, sql, "dash_turns", f"wf TEXT, b TEXT, m TEXT, p TEXT, tier TEXT, n BIGINT, {sums}"
+    )
+    cols = (
+        "input_tokens", "output_tokens", "cache_read_tokens", "cache_creation_tokens",
+        "total_tokens", "total_cost", "aem_value", "aem_cost", "runtime_minutes",
+    )  # fmt: skip
+    conn.execute(
+        sa.text(
+            f"""INSERT INTO dash_turns
+            SELECT COALESCE(r.workflow_name, 'unknown') AS wf,
+                {sql.bucket("t.started_at", granularity)} AS b, t.model AS m,
+                COALESCE(t.model_provider, '') AS p, {aem_tier("t.model_weight")} AS tier,
+                COUNT(*), {", ".join(f"SUM(COALESCE(t.{c}, 0))" for c in cols)}
+            FROM dash_runs r JOIN turns t
+                ON t.tenant_id = :tenant AND t.execution_id = r.execution_id
+            GROUP BY wf, b, m, p, tier"""
+        ),
+        params,
+    )
+    _create(conn, sql, "dash_calls", "wf TEXT, tool TEXT, k TEXT, n BIGINT, ok BIGINT")
+    conn.execute(
+        sa.text(
+            f"""INSERT INTO dash_calls
+            SELECT COALESCE(r.workflow_name, 'unknown') AS wf, tc.tool_name AS tool,
+                {action_kind("tc.tool_name")} AS k, COUNT(*),
+                SUM(CASE WHEN tc.success THEN 1 ELSE 0 END)
+            FROM dash_runs r JOIN tool_calls tc
+                ON tc.tenant_id = :tenant AND tc.execution_id = r.execution_id
+            GROUP BY wf, tool, k"""
+        ),
+        params,
+    )
+    if sql.pg:  # temporary tables have no statistics until analysed; the joins need them
+        conn.execute(sa.text("ANALYZE dash_runs"))
+
+
+def drop(conn: sa.Connection) -> None:
+    for name in TABLES:
+        conn.execute(sa.text(f"DROP TABLE IF EXISTS {name}"))

@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from turnstream.config import Settings
 from turnstream.demo import Spec, fill
 from turnstream.server import Server
-from turnstream.store.engine import create_engine
+from turnstream.store.engine import create_engine, migrate
 from turnstream.v1 import analytics_pb2 as pb
 from turnstream.v1 import analytics_pb2_grpc
 
@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def counts(url: str) -> dict[str, int]:
     engine = create_engine(url)
+    migrate(engine)
     with engine.connect() as conn:
         out = {
             t: int(conn.execute(sa.text(f"SELECT COUNT(*) FROM {t}")).scalar_one())

@@ -73,14 +73,12 @@ def cache_and_aem(q: Queries, out: pb.GetDashboardResponse) -> None:
 def tools(q: Queries, out: pb.GetDashboardResponse) -> None:
     source = f"(SELECT tc.tool_name AS tool, tc.duration_ms FROM runs r {q.tool_join()}) x"
     ps = q.sql.percentiles(source, ["tool"], "duration_ms", {"p50": 0.5, "p95": 0.95})
-    c = q.sql.collate
-    body = f"""
-        , n AS (SELECT tc.tool_name AS tool, COUNT(*) AS calls,
-                SUM(CASE WHEN tc.success THEN 1 ELSE 0 END) AS ok
-                FROM runs r {q.tool_join()} GROUP BY tool)
-        SELECT n.tool, n.calls, n.ok, p.p50, p.p95 FROM n LEFT JOIN ({ps}) p
-            ON p.tool = n.tool ORDER BY n.calls DESC, n.tool{c}"""
-    for tool, calls, ok, p50, p95 in q.rows(body):
+    # Two statements: joined to the counts, SQLite re-ran the ranking per tool.
+    latency = {tool: (p50, p95) for tool, p50, p95 in q.rows(ps)}
+    body = f"""SELECT tool{q.sql.collate} AS t, SUM(n) AS calls, SUM(ok) FROM dash_calls
+        GROUP BY t ORDER BY calls DESC, t"""
+    for tool, calls, ok in q.rows(body):
+        p50, p95 = latency.get(tool, (None, None))
         out.tools.add(
             tool_name=tool,
             calls=int(calls),

@@ -42,6 +42,10 @@ def stage(
         ),
         {**params, **runs_params},
     )
+    # Without it SQLite may scan the whole staged table for every turn it joins.
+    conn.execute(sa.text("CREATE INDEX dash_runs_id ON dash_runs (execution_id)"))
+    if sql.pg:  # temporary tables have no statistics until analysed; the joins need them
+        conn.execute(sa.text("ANALYZE dash_runs"))
     sums = ", ".join(
         f"{c} {kind}"
         for c, kind in (
@@ -89,8 +93,6 @@ def stage(
         ),
         params,
     )
-    if sql.pg:  # temporary tables have no statistics until analysed; the joins need them
-        conn.execute(sa.text("ANALYZE dash_runs"))
 
 
 def drop(conn: sa.Connection) -> None:

@@ -108,6 +108,18 @@ class Sql:
         back = f"'-' || ((CAST(STRFTIME('%w', {column}) AS INTEGER) + 6) % 7) || ' days'"
         return f"STRFTIME('%Y-%m-%dT00:00:00Z', {column}, {back})"
 
+    def bucket_key(self, column: str, granularity: str) -> str:
+        """A cheap grouping key for the bucket (PostgreSQL: the truncated timestamp, made
+        text by `label` once there are few rows); SQLite's key is already the label."""
+        if self.pg:
+            return f"DATE_TRUNC('{granularity}', {column} AT TIME ZONE 'UTC')"
+        return self.bucket(column, granularity)
+
+    def label(self, key: str) -> str:
+        if self.pg:
+            return f"""TO_CHAR({key}, 'YYYY-MM-DD"T"HH24:MI:SS"Z"')"""
+        return key
+
     def json_first_reason(self, column: str) -> str:
         if self.pg:
             return f"({column} -> 0 ->> 'reason')"

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from turnstream.store.analytics_sql import Filters, Sql, action_kind, aem_tier
 
-TABLES = ("dash_runs", "dash_turns", "dash_calls")
+TABLES = ("dash_runs", "dash_turns_raw", "dash_turns", "dash_calls_raw", "dash_calls")
 
 
 def _create(conn: sa.Connection, sql: Sql, name: str, columns: str) -> None:
@@ -42,56 +42,62 @@ def stage(
         ),
         {**params, **runs_params},
     )
-    # Without it SQLite may scan the whole staged table for every turn it joins.
-    conn.execute(sa.text("CREATE INDEX dash_runs_id ON dash_runs (execution_id)"))
-    if sql.pg:  # temporary tables have no statistics until analysed; the joins need them
-        conn.execute(sa.text("ANALYZE dash_runs"))
-    sums = ", ".join(
-        f"{c} {kind}"
-        for c, kind in (
-            ("input_tokens", "BIGINT"),
-            ("output_tokens", "BIGINT"),
-            ("cache_read_tokens", "BIGINT"),
-            ("cache_creation_tokens", "BIGINT"),
-            ("total_tokens", "BIGINT"),
-            ("total_cost", real),
-            ("aem_value", real),
-            ("aem_cost", real),
-            ("runtime_minutes", real),
-        )
-    )
-    _create(
-        conn, sql, "dash_turns", f"wf TEXT, b TEXT, m TEXT, p TEXT, tier TEXT, n BIGINT, {sums}"
-    )
+    if not sql.pg:  # without it SQLite may scan the staged table for every turn it joins
+        conn.execute(sa.text("CREATE INDEX dash_runs_id ON dash_runs (execution_id)"))
     cols = (
         "input_tokens", "output_tokens", "cache_read_tokens", "cache_creation_tokens",
         "total_tokens", "total_cost", "aem_value", "aem_cost", "runtime_minutes",
     )  # fmt: skip
+    kinds = ("BIGINT",) * 5 + (real,) * 4
+    sums = ", ".join(f"{c} {k}" for c, k in zip(cols, kinds, strict=True))
+    key = "TIMESTAMP" if sql.pg else "TEXT"
+    # One pass over the turns, grouping on raw values (no per-row formatting, COALESCE or
+    # CASE: on a million rows those cost more than the join), then a second pass over the
+    # few thousand groups that labels buckets, names tiers and fills defaults.
+    _create(
+        conn, sql, "dash_turns_raw", f"wf TEXT, b {key}, m TEXT, p TEXT, w {real}, n BIGINT, {sums}"
+    )
+    conn.execute(
+        sa.text(
+            f"""INSERT INTO dash_turns_raw
+            SELECT r.workflow_name, {sql.bucket_key("t.started_at", granularity)}, t.model,
+                t.model_provider, t.model_weight, COUNT(*),
+                {", ".join(f"SUM(t.{c})" for c in cols)}
+            FROM dash_runs r JOIN turns t
+                ON t.tenant_id = :tenant AND t.execution_id = r.execution_id
+            GROUP BY r.workflow_name, 2, t.model, t.model_provider, t.model_weight"""
+        ),
+        params,
+    )
+    _create(
+        conn, sql, "dash_turns", f"wf TEXT, b TEXT, m TEXT, p TEXT, tier TEXT, n BIGINT, {sums}"
+    )
     conn.execute(
         sa.text(
             f"""INSERT INTO dash_turns
-            SELECT COALESCE(r.workflow_name, 'unknown') AS wf,
-                {sql.bucket("t.started_at", granularity)} AS b, t.model AS m,
-                COALESCE(t.model_provider, '') AS p, {aem_tier("t.model_weight")} AS tier,
-                COUNT(*), {", ".join(f"SUM(COALESCE(t.{c}, 0))" for c in cols)}
-            FROM dash_runs r JOIN turns t
-                ON t.tenant_id = :tenant AND t.execution_id = r.execution_id
-            GROUP BY wf, b, m, p, tier"""
+            SELECT COALESCE(wf, 'unknown'), {sql.label("b")}, m, COALESCE(p, ''),
+                {aem_tier("w")}, n, {", ".join(f"COALESCE({c}, 0)" for c in cols)}
+            FROM dash_turns_raw"""
+        )
+    )
+    _create(conn, sql, "dash_calls_raw", "wf TEXT, tool TEXT, n BIGINT, ok BIGINT")
+    conn.execute(
+        sa.text(
+            """INSERT INTO dash_calls_raw
+            SELECT r.workflow_name, tc.tool_name, COUNT(*),
+                SUM(CASE WHEN tc.success THEN 1 ELSE 0 END)
+            FROM dash_runs r JOIN tool_calls tc
+                ON tc.tenant_id = :tenant AND tc.execution_id = r.execution_id
+            GROUP BY r.workflow_name, tc.tool_name"""
         ),
         params,
     )
     _create(conn, sql, "dash_calls", "wf TEXT, tool TEXT, k TEXT, n BIGINT, ok BIGINT")
     conn.execute(
         sa.text(
-            f"""INSERT INTO dash_calls
-            SELECT COALESCE(r.workflow_name, 'unknown') AS wf, tc.tool_name AS tool,
-                {action_kind("tc.tool_name")} AS k, COUNT(*),
-                SUM(CASE WHEN tc.success THEN 1 ELSE 0 END)
-            FROM dash_runs r JOIN tool_calls tc
-                ON tc.tenant_id = :tenant AND tc.execution_id = r.execution_id
-            GROUP BY wf, tool, k"""
-        ),
-        params,
+            f"""INSERT INTO dash_calls SELECT COALESCE(wf, 'unknown'), tool,
+                {action_kind("tool")}, n, ok FROM dash_calls_raw"""
+        )
     )
 
 

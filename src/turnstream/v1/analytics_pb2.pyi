@@ -159,7 +159,7 @@ class Summary(_message.Message):
     avg_duration_ms: _builtins.float
     """Mean duration of the executions that have one."""
     active_today: _builtins.int
-    """Executions (with the other filters) started since 00:00 UTC today."""
+    """Of these executions, those started since 00:00 UTC today."""
     total_tokens: _builtins.int
     """Sum of total_tokens of their turns."""
     def __init__(

@@ -305,6 +305,8 @@ def dashboard(
             turns=len(ts),
             **{f: sum(getattr(t, f) for t in ts) for f in fields},
             total_cost=sum(t.total_cost for t in ts),
+            aem_value=sum(t.aem_value for t in ts),
+            aem_cost=sum(t.aem_cost for t in ts),
         )
 
     over: dict[tuple[str, str, str], list[Any]] = defaultdict(list)

@@ -83,5 +83,9 @@ async def test_granite_kubiya_and_native_routes(database_url: str) -> None:
             assert abs(total - costs.json()["total_cost"]) < 1e-9
             aem = await c.get("/api/v1/analytics/aem/summary")
             assert set(aem.json()["by_tier"]) == {"premium", "mid", "basic"}
+            trends = await c.get("/api/v1/analytics/aem/trends", params={"group_by": "month"})
+            assert trends.status_code == 200
+            aem_total = sum(p["aem_value"] for p in trends.json()["trends"])
+            assert abs(aem_total - aem.json()["total_aem"]) < 1e-6
             bad_days = await c.get("/api/v1/analytics/summary", params={"days": "many"})
             assert bad_days.status_code == 400 and "days" in bad_days.text

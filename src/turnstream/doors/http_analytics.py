@@ -276,6 +276,25 @@ def routes_for(calls: AnalyticsCalls) -> Callable[[HttpContext], list[BaseRoute]
             }
         )
 
+    async def aem_trends(ctx: HttpContext, request: Request) -> Response:
+        days = _days(request)
+        group_by = request.query_params.get("group_by", "day")
+        if group_by not in ("day", "week", "month"):
+            raise _bad("group_by", "must be one of day, week, month")
+        granularity = pb.Granularity.Value(f"GRANULARITY_{group_by.upper()}")
+        d = await run(calls.get_dashboard, _last_days(days, granularity), ctx.tenant_of(request))
+        periods: dict[str, dict[str, Any]] = {}
+        for m in d.models_over_time:
+            p = periods.setdefault(
+                m.time, {"period": m.time, "aem_value": 0.0, "aem_cost": 0.0, "turns": 0}
+            )
+            p["aem_value"] += m.aem_value
+            p["aem_cost"] += m.aem_cost
+            p["turns"] += m.turns
+        return JSONResponse(
+            {"period_days": days, "group_by": group_by, "trends": list(periods.values())}
+        )
+
     def routes(ctx: HttpContext) -> list[BaseRoute]:
         out: list[BaseRoute] = []
         for rule in http_native.rules(SERVICE):
@@ -288,6 +307,7 @@ def routes_for(calls: AnalyticsCalls) -> Callable[[HttpContext], list[BaseRoute]
             (f"{KUBIYA}/summary", "GET", summary, "kubiya_summary"),
             (f"{KUBIYA}/costs", "GET", costs, "kubiya_costs"),
             (f"{KUBIYA}/aem/summary", "GET", aem_summary, "kubiya_aem_summary"),
+            (f"{KUBIYA}/aem/trends", "GET", aem_trends, "kubiya_aem_trends"),
         )
         for asset, media in WEB_ASSETS.items():
             out.append(Route(f"/web/{asset}", _asset_route(asset, media), methods=["GET"]))

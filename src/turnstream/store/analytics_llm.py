@@ -23,12 +23,13 @@ def models(q: Queries, out: pb.GetDashboardResponse, granularity: str) -> None:
     cols = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_creation_tokens")
     sums = ", ".join(f"SUM({x})" for x in (*cols, "total_tokens"))
     keys = f"m{c} AS mm, p{c} AS pp"
-    over = f"""SELECT b, {keys}, SUM(n), {sums}, SUM(total_cost) FROM dash_turns
+    money = "SUM(total_cost), SUM(aem_value), SUM(aem_cost)"
+    over = f"""SELECT b, {keys}, SUM(n), {sums}, {money} FROM dash_turns
         GROUP BY b, mm, pp ORDER BY b, mm, pp"""
-    total = f"""SELECT '' AS b, {keys}, SUM(n) AS turns, {sums}, SUM(total_cost) FROM dash_turns
+    total = f"""SELECT '' AS b, {keys}, SUM(n) AS turns, {sums}, {money} FROM dash_turns
         GROUP BY mm, pp ORDER BY turns DESC, mm, pp"""
     for target, body in ((out.models_over_time, over), (out.models, total)):
-        for b, m, p, n, i, o, cr, cc, tt, cost in q.rows(body):
+        for b, m, p, n, i, o, cr, cc, tt, cost, aem, aem_cost in q.rows(body):
             target.add(
                 time=b,
                 model=m,
@@ -40,6 +41,8 @@ def models(q: Queries, out: pb.GetDashboardResponse, granularity: str) -> None:
                 cache_creation_tokens=int(cc),
                 total_tokens=int(tt),
                 total_cost=num(cost),
+                aem_value=num(aem),
+                aem_cost=num(aem_cost),
             )
 
 

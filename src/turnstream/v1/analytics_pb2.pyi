@@ -617,6 +617,8 @@ class ModelUsage(_message.Message):
     CACHE_CREATION_TOKENS_FIELD_NUMBER: _builtins.int
     TOTAL_TOKENS_FIELD_NUMBER: _builtins.int
     TOTAL_COST_FIELD_NUMBER: _builtins.int
+    AEM_VALUE_FIELD_NUMBER: _builtins.int
+    AEM_COST_FIELD_NUMBER: _builtins.int
     time: _builtins.str
     """Start of the bucket, RFC 3339 in UTC; empty in the totals."""
     model: _builtins.str
@@ -637,6 +639,10 @@ class ModelUsage(_message.Message):
     """Total tokens."""
     total_cost: _builtins.float
     """Total cost in USD."""
+    aem_value: _builtins.float
+    """Agentic engineering minutes."""
+    aem_cost: _builtins.float
+    """Their cost in USD."""
     def __init__(
         self,
         *,
@@ -650,10 +656,12 @@ class ModelUsage(_message.Message):
         cache_creation_tokens: _builtins.int = ...,
         total_tokens: _builtins.int = ...,
         total_cost: _builtins.float = ...,
+        aem_value: _builtins.float = ...,
+        aem_cost: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_creation_tokens", b"cache_creation_tokens", "cache_read_tokens", b"cache_read_tokens", "input_tokens", b"input_tokens", "model", b"model", "model_provider", b"model_provider", "output_tokens", b"output_tokens", "time", b"time", "total_cost", b"total_cost", "total_tokens", b"total_tokens", "turns", b"turns"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aem_cost", b"aem_cost", "aem_value", b"aem_value", "cache_creation_tokens", b"cache_creation_tokens", "cache_read_tokens", b"cache_read_tokens", "input_tokens", b"input_tokens", "model", b"model", "model_provider", b"model_provider", "output_tokens", b"output_tokens", "time", b"time", "total_cost", b"total_cost", "total_tokens", b"total_tokens", "turns", b"turns"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -65,6 +65,7 @@ def openapi_document() -> openapi.Document:
     native, kubiya = openapi.Schemas("proto3"), openapi.Schemas("kubiya")
     paths = {
         **http_native.openapi(native),
+        **http_native.openapi(native, http_analytics.SERVICE, ("400", "404", "500", "503")),
         **http_kubiya.openapi(kubiya),
         **http_honeyhive.openapi(),
     }

@@ -195,12 +195,16 @@ def routes_for(calls: IngestCalls) -> Callable[[HttpContext], list[BaseRoute]]:
     return routes
 
 
-def openapi(schemas: Any) -> dict[str, dict[str, Any]]:
+def openapi(
+    schemas: Any,
+    service: ServiceDescriptor = SERVICE,
+    statuses: tuple[str, ...] = ("400", "413", "415", "500", "503"),
+) -> dict[str, dict[str, Any]]:
     """The native routes' OpenAPI operations (doors/openapi.py assembles them)."""
     from turnstream.doors.openapi import AIP193, error_responses, json_body
 
     paths: dict[str, dict[str, Any]] = {}
-    for rule in rules():
+    for rule in rules(service):
         method = rule.method
         op: dict[str, Any] = {
             "operationId": method.name,
@@ -208,7 +212,7 @@ def openapi(schemas: Any) -> dict[str, dict[str, Any]]:
             "tags": ["native"],
             "responses": {
                 "200": json_body(schemas.ref(method.output_type)),
-                **error_responses(AIP193, ("400", "413", "415", "500", "503")),
+                **error_responses(AIP193, statuses),
             },
         }
         if rule.body:

@@ -208,7 +208,8 @@ def routes_for(calls: AnalyticsCalls) -> Callable[[HttpContext], list[BaseRoute]
         req = pb.GetExecutionRequest(execution_id=request.path_params["execution_id"])
         found = await run(calls.get_execution, req, ctx.tenant_of(request))
         out = _dict(found)
-        return JSONResponse({"execution_id": req.execution_id, **out, "summary": out.pop("totals")})
+        summary = out.pop("totals")
+        return JSONResponse({"execution_id": req.execution_id, **out, "summary": summary})
 
     async def summary(ctx: HttpContext, request: Request) -> Response:
         days = _days(request)

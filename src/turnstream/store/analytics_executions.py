@@ -103,7 +103,11 @@ class Executions:
         out: dict[str, records_pb2.Execution] = {}
         for row in rows:
             out[row.execution_id] = record_of("execution", dict(row._mapping))  # type: ignore[assignment]
-        cte, params = self.sql.runs(Filters(None, None), where=("e.execution_id IN :ids",))
+        cte, params = self.sql.runs(
+            Filters(None, None),
+            where=("e.execution_id IN :ids",),
+            task_where=" AND execution_id IN :ids",  # not every failed task of the tenant
+        )
         statement = sa.text(
             f"{cte} SELECT execution_id, status, error_message, duration_ms FROM runs"
         ).bindparams(sa.bindparam("ids", expanding=True))

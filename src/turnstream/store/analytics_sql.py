@@ -152,7 +152,9 @@ class Sql:
             picks.append(f"({lo} + (COALESCE({hi}, {lo}) - {lo}) * {frac}) AS {name}")
         return f"SELECT {lead}{', '.join(picks)} FROM ({ranked}) ranked{tail}"
 
-    def runs(self, f: Filters, *, where: tuple[str, ...] = ()) -> tuple[str, dict[str, Any]]:
+    def runs(
+        self, f: Filters, *, where: tuple[str, ...] = (), task_where: str = ""
+    ) -> tuple[str, dict[str, Any]]:
         """`WITH runs AS (...)`: the executions the filters select, with their derived status,
         error message and duration. Every dashboard query starts with it; `where` adds
         conditions on `e` whose parameters the caller binds."""
@@ -174,7 +176,8 @@ class Sql:
         # up per execution (a correlated subquery walks ix_tasks_status for every row).
         failed = f"""
             SELECT execution_id, MIN(error_message{self.collate}) AS message
-            FROM tasks WHERE tenant_id = :tenant AND status = 'failed' GROUP BY execution_id"""
+            FROM tasks WHERE tenant_id = :tenant AND status = 'failed'{task_where}
+            GROUP BY execution_id"""
         inner = f"""
             SELECT e.execution_id, e.workflow_name, e.triggered_by, e.source, e.started_at,
                 CASE WHEN e.status IS NOT NULL THEN e.status

@@ -185,6 +185,8 @@ async function execution(id) {
   const d = await call("GET", "/v1/executions/" + encodeURIComponent(id));
   const e = d.execution, t = d.totals || {};
   $("ex-title").textContent = `${e.executionId} · ${e.workflowName || "unknown workflow"} · ${(e.status || "").replace("EXECUTION_STATUS_", "").toLowerCase()}`;
+  $("ex-error").textContent = e.errorMessage || "";
+  $("ex-error").hidden = !e.errorMessage;
   cards($("ex-cards"), [["turns", fmt(t.turns)], ["tool calls", fmt(t.toolCalls)], ["failed tool calls", fmt(t.failedToolCalls)], ["tokens", fmt(t.totalTokens)], ["cost", "$" + fmt(t.totalCost, 4)], ["duration", ms(e.durationMs)]]);
   const items = [
     ...(d.turns || []).map((x) => ({ label: `turn ${x.turnNumber} · ${x.model}`, start: x.startedAt, end: x.completedAt, color: "#7c3aed" })),

@@ -4,6 +4,7 @@ ListExecutions (newest first, keyset-paged), on the read engine's own connection
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,6 +26,11 @@ def _aware(value: Any) -> dt.datetime:
     return aware.astimezone(dt.UTC)
 
 
+def _order(row: dict[str, Any], columns: tuple[str, ...]) -> tuple[Any, ...]:
+    # NULLs last, as PostgreSQL orders them ascending.
+    return tuple((row[c] is None, row[c] if row[c] is not None else 0) for c in columns)
+
+
 class Executions:
     def __init__(self, reads: Reads) -> None:
         self.reads = reads
@@ -43,10 +49,14 @@ class Executions:
                     ("tool_call", schema.tool_calls, out.tool_calls, ("started_at",)),
                     ("task", schema.tasks, out.tasks, ("task_number", "started_at")),
                 ):
+                    # The primary key's range (tenant, execution); ordered here, because an
+                    # ORDER BY started_at led SQLite to walk ix_tool_calls_started, i.e. every
+                    # tool call of the tenant. One execution's records are few.
                     query = sa.select(table).where(*(table.c[k] == v for k, v in key.items()))
-                    query = query.order_by(*(table.c[c] for c in order), table.c.record_key)
-                    for row in conn.execute(query):
-                        target.append(record_of(kind, dict(row._mapping)))  # type: ignore[arg-type]
+                    rows = [dict(row._mapping) for row in conn.execute(query)]
+                    rows.sort(key=functools.partial(_order, columns=(*order, "record_key")))
+                    for row in rows:
+                        target.append(record_of(kind, row))  # type: ignore[arg-type]
                 totals = self._totals(conn, tenant_id, [execution_id])
                 out.totals.CopyFrom(totals[execution_id])
                 return out

@@ -129,6 +129,30 @@ async def test_execution_and_list(database_url: str) -> None:
                 runs.values(), key=lambda r: (r["started"], r["id"]), reverse=True
             )
             assert seen == [r["id"] for r in newest_first]
+            # Filtered pages: the same executions the reference selects, in the same order.
+            f = pb.ExecutionFilter(
+                workflow_name="review-pr", status=records_pb2.EXECUTION_STATUS_COMPLETED
+            )
+            picked: list[str] = []
+            while True:
+                page = await stub.ListExecutions(
+                    pb.ListExecutionsRequest(filter=f, page_size=2, page_token=token)
+                )
+                picked += [e.execution.execution_id for e in page.executions]
+                token = page.next_page_token
+                if not token:
+                    break
+            want = [
+                r["id"]
+                for r in newest_first
+                if r["workflow"] == "review-pr" and r["status"] == "completed"
+            ]
+            assert picked == want and want
+            first = await stub.ListExecutions(pb.ListExecutionsRequest(filter=f, page_size=1))
+            other = pb.ListExecutionsRequest(page_size=1, page_token=first.next_page_token)
+            with pytest.raises(grpc.aio.AioRpcError) as mixed:
+                await stub.ListExecutions(other)  # a token of other filters
+            assert mixed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             req = next(r for r in requests if len(r.turns) > 2 and r.tool_calls)
             got = await stub.GetExecution(pb.GetExecutionRequest(execution_id=req.execution_id))
             valid = [t for t in req.turns if t.model]

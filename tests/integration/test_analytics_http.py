@@ -56,6 +56,17 @@ async def test_granite_kubiya_and_native_routes(database_url: str) -> None:
             r = await c.post("/api/analytics/batch", json={"start_date": "yesterday"})
             assert r.status_code == 400 and "start_date" in r.json()["error"]["message"]
 
+            for body, field in (
+                ({"topAutomationsSortBy": "loudness"}, "top_automations_sort_by"),
+                ({"recentFailuresLimit": 1000}, "recent_failures_limit"),
+                ({"recentFailuresOffset": -1}, "recent_failures_offset"),
+                ({"granularity": 9}, "granularity"),
+                ({"filter": {"status": 42}}, "filter.status"),
+            ):
+                bad = await c.post("/v1/dashboard:get", json=body)
+                assert bad.status_code == 400, (body, bad.text)
+                violation = bad.json()["error"]["details"][1]["fieldViolations"][0]
+                assert violation["field"] == field
             native = await c.post("/v1/dashboard:get", json={"granularity": "GRANULARITY_DAY"})
             assert native.status_code == 200, native.text
             assert native.json()["summary"]["totalExecutions"] == "40"

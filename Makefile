@@ -14,7 +14,7 @@ BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help venv run migrate test test-polyglot gen descriptor gen-check lint fmt types check bench \
-	bench-json bench-limits \
+	bench-json bench-limits bench-analytics \
 	clean distclean
 
 help: ## List the targets
@@ -86,6 +86,9 @@ bench: venv ## Run the streaming benchmarks in bench/ (BENCH_ARGS=...)
 
 bench-json: venv ## The JSON door beside gRPC Write, same run (BENCH_ARGS=...)
 	$(PY) -m bench.json_door $(BENCH_ARGS)
+
+bench-analytics: venv ## Read side: GetDashboard and GetExecution over 100,000 executions (BENCH_ARGS=...)
+	$(PY) -m bench.analytics $(BENCH_ARGS)
 
 bench-limits: venv ## Others' latency during a 100,000-record Write; RSS under ten 15 MiB Writes
 	$(PY) -m bench.limits $(BENCH_ARGS)

@@ -124,6 +124,17 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument(
         "--timeout", type=float, default=30.0, metavar="SECONDS", help="per-request deadline [30]"
     )
+    demo = sub.add_parser(
+        "demo",
+        help="fill the database with realistic generated executions",
+        description="Generate executions (workflows, models, tools, failures, triggers, cache "
+        "hits; the last --days days) and store them through the normal ingest path, so the "
+        "dashboard at / has something to show.",
+    )
+    _db_flag(demo)
+    demo.add_argument("--executions", type=int, default=2000, help="how many [2000]")
+    demo.add_argument("--days", type=int, default=21, help="history to spread them over [21]")
+    demo.add_argument("--seed", type=int, default=7, help="random seed [7]")
     return parser
 
 
@@ -154,6 +165,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             engine = create_engine(settings.database_url)
             migrate(engine)
             print(f"database {engine.url.render_as_string(hide_password=True)} is up to date")
+            return 0
+        if args.command == "demo":
+            settings = Settings.from_env(database_url=args.database_url)
+            _setup_logging("WARNING", "text")
+            from turnstream.demo import run_demo
+
+            run_demo(settings.database_url, args.executions, args.days, args.seed)
             return 0
         if args.command == "send":
             _setup_logging("WARNING", "text")

@@ -29,22 +29,26 @@ from turnstream.config import Settings, split_addr
 from turnstream.core.pipeline import Pipeline
 from turnstream.core.pricing import PriceTable
 from turnstream.core.service import IngestCalls
-from turnstream.doors import http_honeyhive, http_kubiya, http_native, openapi
+from turnstream.doors import http_analytics, http_honeyhive, http_kubiya, http_native, openapi
 from turnstream.doors.admission import Admission
+from turnstream.doors.analytics_calls import AnalyticsCalls
+from turnstream.doors.grpc_analytics import AnalyticsServicer
 from turnstream.doors.grpc_guard import add_guarded
 from turnstream.doors.grpc_ingest import IngestServicer
 from turnstream.doors.grpc_stream import StreamDoor
 from turnstream.doors.http import HttpContext, build_app
+from turnstream.store.analytics_reads import AnalyticsReads
 from turnstream.store.engine import create_engine, migrate
 from turnstream.store.queries import Reads
 from turnstream.store.writer import Writer
-from turnstream.v1 import ingest_pb2, ingest_pb2_grpc
+from turnstream.v1 import analytics_pb2, analytics_pb2_grpc, ingest_pb2, ingest_pb2_grpc
 
 log = logging.getLogger(__name__)
 
 RouteSet = Callable[[HttpContext], list[BaseRoute]]
 
 SERVICE = ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name
+ANALYTICS = analytics_pb2.DESCRIPTOR.services_by_name["AnalyticsService"].full_name
 
 # Keepalive and connection age that suit meshes: pings keep NAT/LB state alive, a max age lets
 # a load balancer rebalance long-lived clients (streams resume on any replica).
@@ -61,6 +65,7 @@ def openapi_document() -> openapi.Document:
     native, kubiya = openapi.Schemas("proto3"), openapi.Schemas("kubiya")
     paths = {
         **http_native.openapi(native),
+        **http_native.openapi(native, http_analytics.SERVICE, ("400", "404", "500", "503")),
         **http_kubiya.openapi(kubiya),
         **http_honeyhive.openapi(),
     }
@@ -116,9 +121,16 @@ class Server:
             Admission(s.max_inflight_bytes),
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
+        # The read side: its own connections (Reads), never the writer's.
+        reads = Reads(self.engine)
+        analytics = AnalyticsCalls(AnalyticsReads(reads))
+        analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server(
+            AnalyticsServicer(analytics), self._grpc
+        )
         reflection.enable_server_reflection(
             [
                 SERVICE,
+                ANALYTICS,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ],
@@ -131,7 +143,6 @@ class Server:
         if self.grpc_port == 0:
             raise OSError(f"cannot listen on {s.grpc_addr} (gRPC): address in use or not local")
         await self._grpc.start()
-        reads = Reads(self.engine)
         http = HttpContext(
             pipeline,
             self.writer,
@@ -141,7 +152,12 @@ class Server:
         )
         # Each wire format's JSON routes, composed on the HTTP listener, and their OpenAPI.
         honeyhive: RouteSet = functools.partial(http_honeyhive.routes, lookup=reads)
-        formats: list[RouteSet] = [http_native.routes_for(calls), http_kubiya.routes, honeyhive]
+        formats: list[RouteSet] = [
+            http_native.routes_for(calls),
+            http_kubiya.routes,
+            honeyhive,
+            http_analytics.routes_for(analytics),
+        ]
         extra = [Route("/healthz", self._healthz), *openapi.routes(openapi_document())]
         await self._start_http(build_app(http, formats, extra))
         for name in ("", SERVICE):

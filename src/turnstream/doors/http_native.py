@@ -1,5 +1,5 @@
-"""Door: native JSON. Every unary IngestService RPC is reachable over HTTP at the route its
-`google.api.http` annotation declares (protos/turnstream/v1/ingest.proto) — the same rules
+"""Door: native JSON. Every unary IngestService (and, through `route`, AnalyticsService) RPC is
+reachable over HTTP at the route its `google.api.http` annotation declares — the same rules
 Envoy's gRPC-JSON transcoder serves from the descriptor set — with bodies in the proto3 JSON
 mapping (either field spelling in, lowerCamelCase out, as the transcoder does) and errors in
 AIP-193 JSON. The routes call the core's IngestCalls, exactly as the gRPC door does.
@@ -7,6 +7,7 @@ AIP-193 JSON. The routes call the core's IngestCalls, exactly as the gRPC door d
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from typing import Any
 
 from google.api import annotations_pb2, http_pb2
 from google.protobuf import json_format
-from google.protobuf.descriptor import MethodDescriptor
+from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -48,10 +49,10 @@ class Rule:
     body: str
 
 
-def rules() -> list[Rule]:
+def rules(service: ServiceDescriptor = SERVICE) -> list[Rule]:
     """The HTTP rules the contract declares, one per annotated method."""
     out = []
-    for method in SERVICE.methods:
+    for method in service.methods:
         options = method.GetOptions()
         if not options.HasExtension(annotations_pb2.http):
             continue
@@ -115,14 +116,41 @@ def starlette_path(template: str) -> str:
     return template
 
 
-def _route(ctx: HttpContext, calls: IngestCalls, rule: Rule) -> Route:
+# One RPC given its parsed request and the caller's tenant.
+Invoke = Callable[[Any, str], Awaitable[Message]]
+
+
+def _query(params: Any) -> dict[str, Any]:
+    """?filter.workflow_name=x&page_size=2 as {"filter": {"workflow_name": "x"}, "page_size":
+    "2"}: the transcoder's mapping of non-body fields to query parameters."""
+    out: dict[str, Any] = {}
+    for key, value in params.multi_items():
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
+def route(
+    ctx: HttpContext,
+    rule: Rule,
+    make: Callable[[], Message],
+    call: Invoke,
+    prefix: str = "native_",
+) -> Route:
+    """The Starlette route of one rule: the request from body, query and path, then `call`."""
     name = rule.method.name
-    request_class = ingest_pb2.DESCRIPTOR.message_types_by_name[rule.method.input_type.name]
-    make = getattr(ingest_pb2, request_class.name)
-    call = CALLS[name]
 
     async def handle(request: Request) -> Response:
         message = make()
+        if not rule.body and request.query_params:
+            try:
+                json_format.ParseDict(_query(request.query_params), message)
+            except (json_format.ParseError, ValueError, TypeError) as exc:
+                problem = str(exc).split("\n", 1)[0].rstrip(".")
+                raise HttpFailure(errors.malformed(message.DESCRIPTOR.full_name, problem)) from None
         if rule.body:
             body = await read_body(request, ctx)
             obj = parse_json(body)
@@ -133,14 +161,14 @@ def _route(ctx: HttpContext, calls: IngestCalls, rule: Rule) -> Route:
                 # The parser's first line names the field; the rest lists every field name.
                 problem = str(exc).split("\n", 1)[0].rstrip(".")
                 raise HttpFailure(
-                    errors.malformed(make.DESCRIPTOR.full_name, problem),
+                    errors.malformed(message.DESCRIPTOR.full_name, problem),
                     body=body,
                     parsed=obj,
                 ) from None
         for field, value in request.path_params.items():
             setattr(message, field, value)
         try:
-            answer = await call(calls, message, ctx.tenant_of(request))
+            answer = await call(message, ctx.tenant_of(request))
         except Failure as failure:
             raise HttpFailure(failure.status) from None
         return JSONResponse(json_format.MessageToDict(answer))
@@ -149,7 +177,7 @@ def _route(ctx: HttpContext, calls: IngestCalls, rule: Rule) -> Route:
         starlette_path(rule.path),
         guarded(ctx, f"http.{name}", handle, native_answer),
         methods=[rule.verb],
-        name=f"native_{name}",
+        name=f"{prefix}{name}",
     )
 
 
@@ -157,17 +185,26 @@ def routes_for(calls: IngestCalls) -> Callable[[HttpContext], list[BaseRoute]]:
     """The route set of the native door (for doors.http.build_app)."""
 
     def routes(ctx: HttpContext) -> list[BaseRoute]:
-        return [_route(ctx, calls, rule) for rule in rules()]
+        out: list[BaseRoute] = []
+        for rule in rules():
+            make = getattr(ingest_pb2, rule.method.input_type.name)
+            call = CALLS[rule.method.name]
+            out.append(route(ctx, rule, make, functools.partial(call, calls)))
+        return out
 
     return routes
 
 
-def openapi(schemas: Any) -> dict[str, dict[str, Any]]:
+def openapi(
+    schemas: Any,
+    service: ServiceDescriptor = SERVICE,
+    statuses: tuple[str, ...] = ("400", "413", "415", "500", "503"),
+) -> dict[str, dict[str, Any]]:
     """The native routes' OpenAPI operations (doors/openapi.py assembles them)."""
     from turnstream.doors.openapi import AIP193, error_responses, json_body
 
     paths: dict[str, dict[str, Any]] = {}
-    for rule in rules():
+    for rule in rules(service):
         method = rule.method
         op: dict[str, Any] = {
             "operationId": method.name,
@@ -175,7 +212,7 @@ def openapi(schemas: Any) -> dict[str, dict[str, Any]]:
             "tags": ["native"],
             "responses": {
                 "200": json_body(schemas.ref(method.output_type)),
-                **error_responses(AIP193, ("400", "413", "415", "500", "503")),
+                **error_responses(AIP193, statuses),
             },
         }
         if rule.body:

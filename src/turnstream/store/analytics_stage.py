@@ -1,0 +1,106 @@
+"""Storage, read side: the dashboard's staging. The filtered executions (`runs`) and the
+aggregates of their turns and tool calls are computed once per GetDashboard into temporary
+tables of the read connection — so a million turns are scanned once, not once per section —
+and every section aggregates those further in SQL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+
+from turnstream.store.analytics_sql import Filters, Sql, action_kind, aem_tier
+
+TABLES = ("dash_runs", "dash_turns_raw", "dash_turns", "dash_calls_raw", "dash_calls")
+
+
+def _create(conn: sa.Connection, sql: Sql, name: str, columns: str) -> None:
+    conn.execute(sa.text(f"DROP TABLE IF EXISTS {name}"))
+    # PostgreSQL drops it with the read's transaction; SQLite keeps temp tables per
+    # connection, so `drop` removes them before the connection returns to the pool.
+    tail = " ON COMMIT DROP" if sql.pg else ""
+    conn.execute(sa.text(f"CREATE TEMPORARY TABLE {name} ({columns}){tail}"))
+
+
+def stage(
+    conn: sa.Connection, sql: Sql, params: dict[str, Any], filters: Filters, granularity: str
+) -> None:
+    ts = "TIMESTAMPTZ" if sql.pg else "TEXT"
+    real = "DOUBLE PRECISION" if sql.pg else "REAL"
+    cte, runs_params = sql.runs(filters)
+    _create(
+        conn,
+        sql,
+        "dash_runs",
+        f"execution_id TEXT, workflow_name TEXT, triggered_by TEXT, source TEXT, "
+        f"started_at {ts}, status TEXT, error_message TEXT, duration_ms BIGINT",
+    )
+    conn.execute(
+        sa.text(
+            f"""INSERT INTO dash_runs {cte} SELECT execution_id, workflow_name, triggered_by,
+                source, started_at, status, error_message, duration_ms FROM runs"""
+        ),
+        {**params, **runs_params},
+    )
+    if not sql.pg:  # without it SQLite may scan the staged table for every turn it joins
+        conn.execute(sa.text("CREATE INDEX dash_runs_id ON dash_runs (execution_id)"))
+    cols = (
+        "input_tokens", "output_tokens", "cache_read_tokens", "cache_creation_tokens",
+        "total_tokens", "total_cost", "aem_value", "aem_cost", "runtime_minutes",
+    )  # fmt: skip
+    kinds = ("BIGINT",) * 5 + (real,) * 4
+    sums = ", ".join(f"{c} {k}" for c, k in zip(cols, kinds, strict=True))
+    key = "TIMESTAMP" if sql.pg else "TEXT"
+    # One pass over the turns, grouping on raw values (no per-row formatting, COALESCE or
+    # CASE: on a million rows those cost more than the join), then a second pass over the
+    # few thousand groups that labels buckets, names tiers and fills defaults.
+    _create(
+        conn, sql, "dash_turns_raw", f"wf TEXT, b {key}, m TEXT, p TEXT, w {real}, n BIGINT, {sums}"
+    )
+    conn.execute(
+        sa.text(
+            f"""INSERT INTO dash_turns_raw
+            SELECT r.workflow_name, {sql.bucket_key("t.started_at", granularity)}, t.model,
+                t.model_provider, t.model_weight, COUNT(*),
+                {", ".join(f"SUM(t.{c})" for c in cols)}
+            FROM dash_runs r JOIN turns t
+                ON t.tenant_id = :tenant AND t.execution_id = r.execution_id
+            GROUP BY r.workflow_name, 2, t.model, t.model_provider, t.model_weight"""
+        ),
+        params,
+    )
+    _create(
+        conn, sql, "dash_turns", f"wf TEXT, b TEXT, m TEXT, p TEXT, tier TEXT, n BIGINT, {sums}"
+    )
+    conn.execute(
+        sa.text(
+            f"""INSERT INTO dash_turns
+            SELECT COALESCE(wf, 'unknown'), {sql.label("b")}, m, COALESCE(p, ''),
+                {aem_tier("w")}, n, {", ".join(f"COALESCE({c}, 0)" for c in cols)}
+            FROM dash_turns_raw"""
+        )
+    )
+    _create(conn, sql, "dash_calls_raw", "wf TEXT, tool TEXT, n BIGINT, ok BIGINT")
+    conn.execute(
+        sa.text(
+            """INSERT INTO dash_calls_raw
+            SELECT r.workflow_name, tc.tool_name, COUNT(*),
+                SUM(CASE WHEN tc.success THEN 1 ELSE 0 END)
+            FROM dash_runs r JOIN tool_calls tc
+                ON tc.tenant_id = :tenant AND tc.execution_id = r.execution_id
+            GROUP BY r.workflow_name, tc.tool_name"""
+        ),
+        params,
+    )
+    _create(conn, sql, "dash_calls", "wf TEXT, tool TEXT, k TEXT, n BIGINT, ok BIGINT")
+    conn.execute(
+        sa.text(
+            f"""INSERT INTO dash_calls SELECT COALESCE(wf, 'unknown'), tool,
+                {action_kind("tool")}, n, ok FROM dash_calls_raw"""
+        )
+    )
+
+
+def drop(conn: sa.Connection) -> None:
+    for name in TABLES:
+        conn.execute(sa.text(f"DROP TABLE IF EXISTS {name}"))

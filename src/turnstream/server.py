@@ -66,11 +66,14 @@ class Server:
     async def start(self) -> None:
         s = self.settings
         prices = PriceTable.load(s.prices_file)
-        self.engine = create_engine(s.database_url)
+        self.engine = create_engine(s.database_url, db_timeout=s.db_timeout)
         if s.auto_migrate:
             await asyncio.to_thread(migrate, self.engine)
         self.writer = Writer(
-            self.engine, max_flush_rows=s.max_flush_rows, max_pending_rows=s.max_pending_rows
+            self.engine,
+            max_flush_rows=s.max_flush_rows,
+            max_pending_rows=s.max_pending_rows,
+            timeout=s.db_timeout,
         )
         await self.writer.start()
         pipeline = Pipeline(prices)

@@ -72,8 +72,17 @@ class Dialect(Protocol):
 
     def prepare(self, conn: Any) -> None: ...
     def begin(self, conn: Any) -> None: ...
+    def commit(self, conn: Any) -> None: ...
+    def ping(self, conn: Any) -> None: ...
+    def renew_savepoint(self, conn: Any, name: str) -> None: ...
     def upsert(
-        self, conn: Any, table: sa.Table, rows: Sequence[Row], now: dt.datetime
+        self,
+        conn: Any,
+        table: sa.Table,
+        rows: Sequence[Row],
+        now: dt.datetime,
+        *,
+        again: bool = False,
     ) -> dict[Key, int]: ...
     def upsert_derived(self, conn: Any, rows: Sequence[Row], now: dt.datetime) -> None: ...
     def insert_rejected(self, conn: Any, rows: Sequence[Row]) -> None: ...
@@ -98,6 +107,17 @@ class _SqlDialect:
 
     def _value(self, value: Any) -> Any:
         return value
+
+    def renew_savepoint(self, conn: Any, name: str) -> None:
+        """Keep what was done since SAVEPOINT `name` and set it again here."""
+        conn.execute(f"RELEASE SAVEPOINT {name}")
+        conn.execute(f"SAVEPOINT {name}")
+
+    def ping(self, conn: Any) -> None:
+        """A round trip that proves the database answers (the health probe)."""
+        cur = conn.cursor()
+        cur.execute("SELECT 1")
+        cur.fetchall()
 
     def _insert_many(
         self, conn: Any, table: str, cols: list[str], rows: Iterable[Sequence[Any]], tail: str
@@ -255,6 +275,9 @@ class SqliteDialect(_SqlDialect):
     def begin(self, conn: Any) -> None:
         conn.execute("BEGIN IMMEDIATE")
 
+    def commit(self, conn: Any) -> None:
+        conn.execute("COMMIT")
+
     def time(self, value: dt.datetime) -> Any:
         return schema.sqlite_time(value)
 
@@ -266,7 +289,13 @@ class SqliteDialect(_SqlDialect):
         return value
 
     def upsert(
-        self, conn: Any, table: sa.Table, rows: Sequence[Row], now: dt.datetime
+        self,
+        conn: Any,
+        table: sa.Table,
+        rows: Sequence[Row],
+        now: dt.datetime,
+        *,
+        again: bool = False,
     ) -> dict[Key, int]:
         cols = key_columns(table) + data_columns(table) + list(BOOKKEEPING)
         values = ([r.get(c) for c in cols[:-3]] + [1, now, now] for r in rows)
@@ -306,11 +335,24 @@ class PostgresDialect(_SqlDialect):
     # staging table plus INSERT … SELECT (two); above it COPY's binary encoding wins.
     copy_threshold = 64
 
+    def __init__(self, timeout: float | None = None) -> None:
+        self.timeout = timeout
+
     def prepare(self, conn: Any) -> None:
-        # Staging tables live as long as the connection; ON COMMIT DELETE ROWS empties them at
-        # every commit. Created in a committed transaction of their own so that a rolled-back
-        # flush cannot take them away.
         with conn.cursor() as cur:
+            if self.timeout is not None:
+                # A hung or overloaded server must answer with an error, not hold the writer:
+                # no statement or lock wait longer than the timeout. A session left idle inside
+                # a transaction (its writer thread abandoned as hung) is ended by the server
+                # after twice that, releasing its locks; twice, so that a live writer whose
+                # thread waits a moment for the GIL is never cut off.
+                ms = max(1, round(self.timeout * 1000))
+                cur.execute(f"SET statement_timeout = {ms}")
+                cur.execute(f"SET lock_timeout = {ms}")
+                cur.execute(f"SET idle_in_transaction_session_timeout = {2 * ms}")
+            # Staging tables live as long as the connection; ON COMMIT DELETE ROWS empties them
+            # at every commit. Created in a committed transaction of their own so that a
+            # rolled-back flush cannot take them away.
             for table in (*schema.RECORD_TABLES.values(),):
                 cur.execute(
                     f"CREATE TEMP TABLE IF NOT EXISTS stage_{table.name} "
@@ -320,6 +362,18 @@ class PostgresDialect(_SqlDialect):
 
     def begin(self, conn: Any) -> None:
         pass  # psycopg opens a transaction at the first statement
+
+    def commit(self, conn: Any) -> None:
+        conn.commit()
+
+    def renew_savepoint(self, conn: Any, name: str) -> None:
+        # Without parameters psycopg sends the simple query protocol: two statements, one
+        # round trip (a guarded flush does this once per segment).
+        conn.execute(f"RELEASE SAVEPOINT {name}; SAVEPOINT {name}")
+
+    def ping(self, conn: Any) -> None:
+        super().ping(conn)
+        conn.rollback()  # psycopg opened a transaction for the SELECT; end it
 
     def _copy(
         self, conn: Any, table: sa.Table, cols: list[str], rows: Iterable[Sequence[Any]]
@@ -344,8 +398,18 @@ class PostgresDialect(_SqlDialect):
                 copy.write_row(row)
 
     def upsert(
-        self, conn: Any, table: sa.Table, rows: Sequence[Row], now: dt.datetime
+        self,
+        conn: Any,
+        table: sa.Table,
+        rows: Sequence[Row],
+        now: dt.datetime,
+        *,
+        again: bool = False,
     ) -> dict[Key, int]:
+        """`again`: this table may already have been upserted in this transaction (the writer
+        isolating a poison row does it once per segment), so rows of that upsert may still sit
+        in the staging table. Then the INSERT takes the staged rows out as it reads them, in the
+        same statement, and the next upsert starts from an empty stage."""
         cols = key_columns(table) + data_columns(table) + list(BOOKKEEPING)
         values = ([r.get(c) for c in cols[:-3]] + [1, now, now] for r in rows)
         nkeys = len(key_columns(table))
@@ -354,9 +418,14 @@ class PostgresDialect(_SqlDialect):
             return {tuple(r[:nkeys]): r[nkeys] for r in returned}
         self._copy(conn, table, cols, values)
         names = ", ".join(cols)
+        source = f"stage_{table.name}"
+        head = ""
+        if again:
+            head = f"WITH staged AS (DELETE FROM {source} RETURNING {names}) "
+            source = "staged"
         with conn.cursor() as cur:
             cur.execute(
-                f"INSERT INTO {table.name} ({names}) SELECT {names} FROM stage_{table.name}"
+                f"{head}INSERT INTO {table.name} ({names}) SELECT {names} FROM {source}"
                 + self._upsert_tail(table)
             )
             returned = cur.fetchall()
@@ -368,11 +437,13 @@ class PostgresDialect(_SqlDialect):
         return Jsonb(value) if isinstance(value, dict | list) else value
 
 
-def for_url(url: sa.URL) -> Dialect:
+def for_url(url: sa.URL, timeout: float | None = None) -> Dialect:
+    """The dialect of `url`; `timeout` bounds every statement and lock wait of the sessions it
+    prepares (SQLite's bound is the engine's busy_timeout)."""
     if url.get_backend_name() == "sqlite":
         return SqliteDialect()
     if url.get_backend_name() == "postgresql":
-        return PostgresDialect()
+        return PostgresDialect(timeout)
     raise ValueError(
         f"unsupported database {url.get_backend_name()!r}: use sqlite:/// or postgresql+psycopg://"
     )

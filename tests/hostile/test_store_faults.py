@@ -245,3 +245,34 @@ async def test_a_batch_whose_dead_letters_cannot_be_stored_is_still_answered(
     finally:
         await counted.writer.close(grace=5)
         counted.engine.dispose()
+
+
+async def test_a_poisoner_is_remembered_and_a_new_one_among_the_trusted_is_found(
+    store: Counted,
+) -> None:
+    """After a poison row, the origin (tenant, door, stream) that sent it is suspect: its next
+    batches are isolated beside the others' single statement. A new poisoner hiding among
+    the trusted batches is still found (the group is written again, everyone suspect)."""
+    writer = store.writer
+    connects = store.connects
+    first = prepare([turn(1, "exec-x")], door="poisoner")
+    first.rows["turn"][0]["total_tokens"] = TOO_BIG
+    assert [f.position for f in (await writer.submit(first)).failed] == [0]
+
+    again = prepare([turn(2, "exec-x"), turn(3, "exec-x")], door="poisoner")
+    again.rows["turn"][1]["total_tokens"] = TOO_BIG
+    good = prepare([turn(n, "exec-g") for n in range(1, 101)], door="good")
+    a, g = await submit_together(writer, again, good)
+    assert [f.position for f in a.failed] == [1] and a.counts["turn"].created == 1
+    assert g.counts["turn"].created == 100 and not g.failed
+
+    hidden = prepare([turn(1, "exec-h"), turn(2, "exec-h")], door="other")
+    hidden.rows["turn"][0]["input_tokens"] = TOO_BIG
+    known = prepare([turn(4, "exec-x")], door="poisoner")
+    h, k = await submit_together(writer, hidden, known)
+    assert [f.position for f in h.failed] == [0] and h.counts["turn"].created == 1
+    assert k.counts["turn"].created == 1 and not k.failed
+
+    assert len(rows(store.url, "rejected_records")) == 3
+    assert len(rows(store.url, "turns")) == 1 + 100 + 1 + 1
+    assert store.connects == connects

@@ -6,8 +6,8 @@ only moves forward, and a row that would not change is not touched (its `revisio
 RETURNING leaves it out: that is how "unchanged" is told from "updated").
 
 SQLite: multi-row `INSERT … VALUES … ON CONFLICT DO UPDATE … RETURNING`, chunked under its
-parameter limit. PostgreSQL: binary COPY into a temporary staging table, then one
-`INSERT … SELECT … ON CONFLICT DO UPDATE … RETURNING` per table.
+parameter limit. PostgreSQL (postgres.py): binary COPY into a temporary staging table, then
+one `INSERT … SELECT … ON CONFLICT DO UPDATE … RETURNING` per table.
 """
 
 from __future__ import annotations
@@ -69,6 +69,8 @@ def merge_rows(table: sa.Table, old: Row, new: Row) -> Row:
 
 class Dialect(Protocol):
     name: str
+    # True when a refused upsert(again=True) raises faults.RowRefused naming the row.
+    pinpoints: bool
 
     def prepare(self, conn: Any) -> None: ...
     def begin(self, conn: Any) -> None: ...
@@ -97,7 +99,7 @@ class Dialect(Protocol):
     def stream_state(self, conn: Any, tenant_id: str, stream_id: str) -> tuple[int, int] | None: ...
 
 
-class _SqlDialect:
+class SqlDialect:
     """SQL text shared by both dialects; `p` is the DBAPI placeholder."""
 
     name = ""
@@ -261,8 +263,11 @@ def _json_text(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-class SqliteDialect(_SqlDialect):
+class SqliteDialect(SqlDialect):
     name = "sqlite"
+    # sqlite3 does not say which row of a multi-row INSERT failed; statements are in-process
+    # and cheap, so finding a refused row by bisection costs little.
+    pinpoints = False
     p = "?"
     distinct = "IS NOT"
 
@@ -304,145 +309,14 @@ class SqliteDialect(_SqlDialect):
         return {tuple(r[:nkeys]): r[nkeys] for r in returned}
 
 
-_PG_TYPES: dict[type[Any], str] = {
-    sa.String: "text",
-    sa.Text: "text",
-    sa.BigInteger: "int8",
-    sa.Integer: "int4",
-    sa.Double: "float8",
-    sa.Boolean: "bool",
-}
-
-
-def _pg_type(column: sa.Column[Any]) -> str:
-    t = column.type
-    if isinstance(t, schema.UTCDateTime):
-        return "timestamptz"
-    if isinstance(t, sa.JSON):
-        return "jsonb"
-    for cls, name in _PG_TYPES.items():
-        if type(t) is cls:
-            return name
-    raise TypeError(f"no COPY type for {column}")
-
-
-class PostgresDialect(_SqlDialect):
-    name = "postgresql"
-    p = "%s"
-    distinct = "IS DISTINCT FROM"
-    value_casts = ("::text", "::text", "::bigint", "::bigint", "::bigint")
-    # Below this many rows one multi-row INSERT … VALUES (one round trip) beats COPY into the
-    # staging table plus INSERT … SELECT (two); above it COPY's binary encoding wins.
-    copy_threshold = 64
-
-    def __init__(self, timeout: float | None = None) -> None:
-        self.timeout = timeout
-
-    def prepare(self, conn: Any) -> None:
-        with conn.cursor() as cur:
-            if self.timeout is not None:
-                # A hung or overloaded server must answer with an error, not hold the writer:
-                # no statement or lock wait longer than the timeout. A session left idle inside
-                # a transaction (its writer thread abandoned as hung) is ended by the server
-                # after twice that, releasing its locks; twice, so that a live writer whose
-                # thread waits a moment for the GIL is never cut off.
-                ms = max(1, round(self.timeout * 1000))
-                cur.execute(f"SET statement_timeout = {ms}")
-                cur.execute(f"SET lock_timeout = {ms}")
-                cur.execute(f"SET idle_in_transaction_session_timeout = {2 * ms}")
-            # Staging tables live as long as the connection; ON COMMIT DELETE ROWS empties them
-            # at every commit. Created in a committed transaction of their own so that a
-            # rolled-back flush cannot take them away.
-            for table in (*schema.RECORD_TABLES.values(),):
-                cur.execute(
-                    f"CREATE TEMP TABLE IF NOT EXISTS stage_{table.name} "
-                    f"(LIKE {table.name} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-                )
-        conn.commit()
-
-    def begin(self, conn: Any) -> None:
-        pass  # psycopg opens a transaction at the first statement
-
-    def commit(self, conn: Any) -> None:
-        conn.commit()
-
-    def renew_savepoint(self, conn: Any, name: str) -> None:
-        # Without parameters psycopg sends the simple query protocol: two statements, one
-        # round trip (a guarded flush does this once per segment).
-        conn.execute(f"RELEASE SAVEPOINT {name}; SAVEPOINT {name}")
-
-    def ping(self, conn: Any) -> None:
-        super().ping(conn)
-        conn.rollback()  # psycopg opened a transaction for the SELECT; end it
-
-    def _copy(
-        self, conn: Any, table: sa.Table, cols: list[str], rows: Iterable[Sequence[Any]]
-    ) -> None:
-        from psycopg.types.json import Jsonb
-
-        types = [_pg_type(table.c[c]) for c in cols]
-        json_at = [i for i, t in enumerate(types) if t == "jsonb"]
-        with (
-            conn.cursor() as cur,
-            cur.copy(
-                f"COPY stage_{table.name} ({', '.join(cols)}) FROM STDIN (FORMAT BINARY)"
-            ) as copy,
-        ):
-            copy.set_types(types)
-            for row in rows:
-                if json_at:
-                    row = list(row)
-                    for i in json_at:
-                        if row[i] is not None:
-                            row[i] = Jsonb(row[i])
-                copy.write_row(row)
-
-    def upsert(
-        self,
-        conn: Any,
-        table: sa.Table,
-        rows: Sequence[Row],
-        now: dt.datetime,
-        *,
-        again: bool = False,
-    ) -> dict[Key, int]:
-        """`again`: this table may already have been upserted in this transaction (the writer
-        isolating a poison row does it once per segment), so rows of that upsert may still sit
-        in the staging table. Then the INSERT takes the staged rows out as it reads them, in the
-        same statement, and the next upsert starts from an empty stage."""
-        cols = key_columns(table) + data_columns(table) + list(BOOKKEEPING)
-        values = ([r.get(c) for c in cols[:-3]] + [1, now, now] for r in rows)
-        nkeys = len(key_columns(table))
-        if len(rows) < self.copy_threshold:
-            returned = self._insert_many(conn, table.name, cols, values, self._upsert_tail(table))
-            return {tuple(r[:nkeys]): r[nkeys] for r in returned}
-        self._copy(conn, table, cols, values)
-        names = ", ".join(cols)
-        source = f"stage_{table.name}"
-        head = ""
-        if again:
-            head = f"WITH staged AS (DELETE FROM {source} RETURNING {names}) "
-            source = "staged"
-        with conn.cursor() as cur:
-            cur.execute(
-                f"{head}INSERT INTO {table.name} ({names}) SELECT {names} FROM {source}"
-                + self._upsert_tail(table)
-            )
-            returned = cur.fetchall()
-        return {tuple(r[:nkeys]): r[nkeys] for r in returned}
-
-    def _value(self, value: Any) -> Any:
-        from psycopg.types.json import Jsonb
-
-        return Jsonb(value) if isinstance(value, dict | list) else value
-
-
 def for_url(url: sa.URL, timeout: float | None = None) -> Dialect:
     """The dialect of `url`; `timeout` bounds every statement and lock wait of the sessions it
     prepares (SQLite's bound is the engine's busy_timeout)."""
     if url.get_backend_name() == "sqlite":
         return SqliteDialect()
     if url.get_backend_name() == "postgresql":
+        from turnstream.store.postgres import PostgresDialect
+
         return PostgresDialect(timeout)
     raise ValueError(
         f"unsupported database {url.get_backend_name()!r}: use sqlite:/// or postgresql+psycopg://"

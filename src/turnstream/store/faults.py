@@ -38,6 +38,16 @@ class StreamConflict(Exception):
         self.committed_offset = committed_offset
 
 
+class RowRefused(Exception):
+    """Row `index` of the rows a statement was given is the one refused (the driver could not
+    encode it, or PostgreSQL's COPY named its line): no need to bisect to find it."""
+
+    def __init__(self, index: int, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.index = index
+        self.cause = cause
+
+
 UNAVAILABLE = "the database is unavailable; nothing of this request was stored; retry"
 
 # SQLSTATE classes of PostgreSQL errors that say "the server, the connection or the load", not
@@ -68,6 +78,8 @@ def is_value_error(exc: BaseException) -> bool:
     """An error a row's values can cause, so bisecting the rows can find the culprit. Anything
     else (a KeyError in our code, a syntax error in our SQL) is a bug and fails loudly instead
     of dead-lettering every record it touches."""
+    if isinstance(exc, RowRefused):
+        return is_value_error(exc.cause)
     if is_unavailable(exc):
         return False
     if isinstance(exc, psycopg.Error):
@@ -94,6 +106,8 @@ _CLASS_NAME = re.compile(r"\b(?:[a-z_]+\.)*[A-Z][A-Za-z]*(?:Error|Exception|Warn
 def refusal(exc: BaseException) -> str:
     """One sentence for the caller whose record the database refused, with the database's own
     reason (e.g. "value too long for type character varying(256)"), never a class name."""
+    if isinstance(exc, RowRefused):
+        return refusal(exc.cause)
     reason = ""
     if isinstance(exc, psycopg.Error) and exc.diag.message_primary:
         reason = exc.diag.message_primary

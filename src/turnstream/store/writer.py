@@ -10,8 +10,8 @@ under us -> StreamConflict, a record the database refuses -> a FailedRow of its 
 
 A hung database is "down": a call that makes no progress for `timeout` seconds (plus a margin)
 is answered StoreUnavailable, its lane is abandoned for a fresh one, and the writer reports
-itself unhealthy — answering at once, without touching the database — until a background probe
-gets an answer again.
+itself unhealthy (health.py) — answering at once, without touching the database — until a
+background probe gets an answer again.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from turnstream.store import dialects, flush
 from turnstream.store.faults import StoreGone as StoreGone
 from turnstream.store.faults import StoreUnavailable as StoreUnavailable
 from turnstream.store.faults import StreamConflict as StreamConflict
+from turnstream.store.health import HealthListener, StoreHealth
 from turnstream.store.lane import Lane, SqliteFile
 
 log = logging.getLogger(__name__)
@@ -42,14 +43,6 @@ T = TypeVar("T")
 # PostgreSQL the server's own statement_timeout (= timeout) fires first and ends the call cleanly;
 # the writer's deadline is for a server or network that does not answer at all.
 MARGIN = 0.5
-# While the database is down, how often the writer checks whether it answers again.
-PROBE_INTERVAL = 1.0
-# How long a batch's origin (tenant, door, stream) stays suspect after it carried a row the
-# database refused: groups holding batches of a suspect origin are flushed guarded (flush.py), so
-# a poisoner that keeps sending bad records pays for its own batches, not everyone's.
-SUSPECT_SECONDS = 10.0
-
-HealthListener = Callable[[bool, str], None]
 
 
 @dataclass(slots=True)
@@ -104,9 +97,7 @@ class Writer:
         self.max_pending_rows = max_pending_rows
         self.retry_after = retry_after
         self.stats = WriterStats()
-        # False while the database is unreachable or not answering; `health_reason` says why.
-        self.healthy = True
-        self.health_reason = ""
+        self.health = StoreHealth(lambda: self._on_lane(Lane.probe), retry_after)
         self._queue: asyncio.Queue[_Pending | _Call | None] = asyncio.Queue()
         # Batches waiting for room, in arrival order: admission must be FIFO, or a small later
         # batch of a stream could overtake a large earlier one and fail its offset check.
@@ -114,13 +105,8 @@ class Writer:
         self._sqlite_file = SqliteFile.for_url(engine.url)
         self._lanes = 0
         self._lane: Lane | None = None
-        self._abandoned: list[Lane] = []
         self._current: list[_Pending] | list[_Call] = []  # what the running flush or call holds
-        self._suspects: dict[tuple[str, str, str], float] = {}  # origin -> suspect until
-        self._hung = False  # down because calls hung (not refused): answer without trying
-        self._gone: StoreGone | None = None  # the SQLite file went away: down until a restart
-        self._listeners: list[HealthListener] = []
-        self._probe: asyncio.Task[None] | None = None
+        self._suspects = flush.Suspects()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
 
@@ -132,7 +118,16 @@ class Writer:
 
     def on_health(self, listener: HealthListener) -> None:
         """Call listener(healthy, reason) whenever the database goes down or comes back."""
-        self._listeners.append(listener)
+        self.health.listen(listener)
+
+    @property
+    def healthy(self) -> bool:
+        """False while the database is unreachable or not answering."""
+        return self.health.healthy
+
+    @property
+    def health_reason(self) -> str:
+        return self.health.reason
 
     async def submit(self, batch: WriteBatch) -> BatchOutcome:
         """Store a batch; returns after its transaction committed. Batches are committed in
@@ -180,10 +175,7 @@ class Writer:
             self._task.cancel()  # _run answers everything it still holds
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self._probe is not None:
-            self._probe.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._probe
+        await self.health.close()
         lane = self._lane
         if lane is not None:
             # The connection is closed on its own thread; wait for that only as long as the
@@ -275,12 +267,12 @@ class Writer:
             self._refuse_now(closing=False)
             result = await self._on_lane(lambda lane: lane.transaction(item.fn))
         except StoreUnavailable as exc:
-            self._down_by(exc)
+            self.health.failed(exc)
             _resolve(item.future, exc=exc)
         except Exception as exc:
             _resolve(item.future, exc=exc)
         else:
-            self._up()
+            self.health.answered()
             _resolve(item.future, result=result)
         self._current = []
 
@@ -291,12 +283,12 @@ class Writer:
         try:
             self._refuse_now(closing=False)
             batches = [p.batch for p in group]
-            suspects = self._suspect_batches(batches)
+            suspects = self._suspects.among(batches)
             results = await self._on_lane(
                 lambda lane: flush.flush(lane, batches, suspects=suspects)
             )
         except StoreUnavailable as exc:
-            self._down_by(exc)
+            self.health.failed(exc)
             self.stats.failures += 1
             results = [exc] * len(group)
         except Exception as exc:
@@ -306,7 +298,7 @@ class Writer:
             self.stats.failures += 1
             results = [exc] * len(group)
         else:
-            self._up()
+            self.health.answered()
         self._current = []
         self.stats.flushes += 1
         self.stats.last_flush_seconds = time.perf_counter() - started
@@ -319,19 +311,9 @@ class Writer:
                 self.stats.rows += pending.size
                 if result.failed:
                     self.stats.refused_rows += len(result.failed)
-                    self._suspects[_origin(pending.batch)] = time.monotonic() + SUSPECT_SECONDS
+                    self._suspects.add(pending.batch)
                 _resolve(pending.future, result=result)
         self._admit()
-
-    def _suspect_batches(self, batches: list[WriteBatch]) -> list[int] | None:
-        """Indices of the batches whose origin recently sent poison; None when there are none
-        (the group takes the fast path)."""
-        if not self._suspects:
-            return None
-        now = time.monotonic()
-        self._suspects = {k: until for k, until in self._suspects.items() if until > now}
-        found = [i for i, b in enumerate(batches) if _origin(b) in self._suspects]
-        return found or None
 
     # -- deadlines and health -----------------------------------------------------------------
 
@@ -382,90 +364,20 @@ class Writer:
             self.timeout,
         )
         lane.abandon()
-        self.stats.abandoned += 1
-        # Threads stuck in a driver call end when their socket gives up; they are daemons.
-        self._abandoned = [old for old in self._abandoned if old.alive] + [lane]
+        self.stats.abandoned += 1  # its thread ends once unblocked; a daemon, it never holds exit
         self._lane = self._new_lane()
-        self._hung = True
-        self._down(f"the database is not answering (no reply within {self.timeout:g} s)")
+        self.health.hung_up(self.timeout)
 
     def _refuse_now(self, *, closing: bool = True) -> None:
         """Answer at once, without touching the database, when it cannot help. (`closing`:
         refuse new work once close() began; work queued before it is still committed.)"""
         if closing and self._closing:
             raise StoreUnavailable("the server is shutting down", self.retry_after)
-        if self._gone is not None:
-            raise StoreGone(str(self._gone), self.retry_after)
-        if self._hung:
-            raise StoreUnavailable(
-                f"the database is not answering; nothing of this request was stored; retry "
-                f"(health turns SERVING when it answers again; probed every {PROBE_INTERVAL:g} s)",
-                self.retry_after,
-            )
-
-    def _down_by(self, exc: StoreUnavailable) -> None:
-        if self._closing:
-            return
-        if isinstance(exc, StoreGone):
-            if self._gone is None:
-                log.error("%s", exc)
-            self._gone = exc
-            self._down(str(exc))
-        elif self.healthy:
-            self._down("the database is unavailable")
-
-    def _down(self, reason: str) -> None:
-        changed = self.healthy or reason != self.health_reason
-        self.healthy = False
-        self.health_reason = reason
-        if changed:
-            self._notify()
-        probing = self._probe is not None and not self._probe.done()
-        if self._gone is None and not self._closing and not probing:
-            self._probe = asyncio.create_task(self._probe_loop(), name="turnstream-store-probe")
-
-    def _up(self) -> None:
-        if self.healthy or self._gone is not None:
-            return
-        log.info("the database answers again")
-        self.healthy = True
-        self.health_reason = ""
-        self._hung = False
-        self._notify()
-
-    def _notify(self) -> None:
-        for listener in self._listeners:
-            try:
-                listener(self.healthy, self.health_reason)
-            except Exception:
-                log.exception("a health listener failed")
-
-    async def _probe_loop(self) -> None:
-        """While down: every PROBE_INTERVAL seconds, does the database answer? Up when it does
-        (a flush that succeeds meanwhile also brings the writer up)."""
-        while not self.healthy and self._gone is None and not self._closing:
-            await asyncio.sleep(PROBE_INTERVAL)
-            if self.healthy or self._closing:
-                return
-            try:
-                await self._on_lane(Lane.probe)
-            except StoreUnavailable as exc:
-                if isinstance(exc, StoreGone):
-                    self._down_by(exc)
-                continue
-            except Exception:
-                log.exception("the database health probe failed")
-                continue
-            self._up()
+        self.health.refuse_now()
 
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-def _origin(batch: WriteBatch) -> tuple[str, str, str]:
-    """Where a batch came from, as far as the writer can tell: a stream, or a door of a tenant."""
-    return (batch.tenant_id, batch.door, batch.stream.stream_id if batch.stream else "")
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import signal
+import sqlite3
 import threading
 import time
 import urllib.error
@@ -169,6 +170,32 @@ async def test_a_replaced_sqlite_file_is_detected_too(tmp_path: Path) -> None:
             await stub.Write(ingest_pb2.WriteRequest(turns=[turn(2)]), timeout=10)
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "was deleted or replaced" in (info.value.details() or "")
+
+
+async def test_a_locked_sqlite_file_is_unavailable_within_the_timeout(tmp_path: Path) -> None:
+    """Another process holds SQLite's write lock longer than db_timeout (busy_timeout derives
+    from it): UNAVAILABLE in time, NOT_SERVING until the lock is released, then writes again."""
+    path = tmp_path / "x.db"
+    url = f"sqlite:///{path}"
+    async with running_server(url, db_timeout=1.0) as server, ingest_stub(server) as stub:
+        assert (await stub.Write(ingest_pb2.WriteRequest(turns=[turn(1)]))).counts.total.created
+        blocker = sqlite3.connect(path, isolation_level=None)
+        try:
+            blocker.execute("BEGIN IMMEDIATE")
+            started = time.monotonic()
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.Write(ingest_pb2.WriteRequest(turns=[turn(2)]), timeout=10)
+            assert time.monotonic() - started <= 1.0 + 1.0
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+            await wait_health(server, NOT_SERVING, within=1.0)
+            await asyncio.sleep(2.5)  # probes keep failing while the lock is held
+            assert await health(server) == NOT_SERVING
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        await wait_health(server, SERVING, within=3.0)
+        again = await stub.Write(ingest_pb2.WriteRequest(turns=[turn(2)]), timeout=10)
+        assert again.counts.total.created == 1
 
 
 # -- SIGTERM -------------------------------------------------------------------------------------

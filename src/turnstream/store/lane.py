@@ -12,7 +12,6 @@ that a call stuck for good can never keep the process from exiting.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import logging
 import os
 import queue
@@ -173,6 +172,13 @@ class Lane:
             if self.abandoned:
                 break
         self.disconnect()
+        while True:  # calls queued behind the end: answered, never left waiting
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            if job is not None and job[1].set_running_or_notify_cancel():
+                job[1].set_exception(StoreUnavailable(UNAVAILABLE, self.retry_after))
 
     def touch(self) -> None:
         """The running call made progress (a statement finished): restart the deadline."""
@@ -182,17 +188,18 @@ class Lane:
         if self.conn is None:
             raw = self.engine.raw_connection()
             conn: Any = raw.driver_connection
+            fd = conn.pgconn.socket if self.dialect.name == "postgresql" else None
+            # Registered before the session is prepared, so that abandon() can interrupt a
+            # server that stops answering right after the connection was made.
+            with self._lock:
+                self._raw, self.conn, self._fd = raw, conn, fd
             try:
                 self.dialect.prepare(conn)
                 if self.sqlite_file is not None:
                     self.sqlite_file.check()
-                fd = conn.pgconn.socket if self.dialect.name == "postgresql" else None
             except BaseException:
-                with contextlib.suppress(Exception):
-                    raw.invalidate()
+                self.disconnect()
                 raise
-            with self._lock:
-                self._raw, self.conn, self._fd = raw, conn, fd
             self.touch()
         return self.conn
 

@@ -153,3 +153,21 @@ async def test_probes_answer_200_when_all_is_well(tmp_path: Path, path: str) -> 
             sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
             _, data = await closed_after(sock)
         assert data.startswith(b"HTTP/1.1 200 ")
+
+
+def test_the_limits_are_flags_of_serve_and_variables() -> None:
+    from turnstream.cli import _parser
+    from turnstream.config import Settings
+
+    args = _parser().parse_args(
+        ["serve", "--db-timeout", "2.5", "--http-timeout", "3", "--http-max-connections", "7"]
+    )
+    options = {k: v for k, v in vars(args).items() if k != "command"}
+    settings = Settings.from_env(env={"TURNSTREAM_HTTP_TIMEOUT": "9"}, **options)
+    assert (settings.db_timeout, settings.http_timeout, settings.http_max_connections) == (
+        2.5,
+        3.0,
+        7,
+    )
+    from_env = Settings.from_env(env={"TURNSTREAM_DB_TIMEOUT": "1.5"})
+    assert from_env.db_timeout == 1.5

@@ -276,3 +276,18 @@ async def test_a_poisoner_is_remembered_and_a_new_one_among_the_trusted_is_found
     assert len(rows(store.url, "rejected_records")) == 3
     assert len(rows(store.url, "turns")) == 1 + 100 + 1 + 1
     assert store.connects == connects
+
+
+async def test_a_batch_bigger_than_one_statement_is_written_in_several(store: Counted) -> None:
+    """12,000 rows (a big Write is admitted alone) go in statements of at most 5,000, each well
+    within db_timeout; counts stay exact, and a poison row beyond the first statement is found."""
+    writer = store.writer
+    clean = prepare([turn(n, "exec-big") for n in range(1, 12_001)])
+    assert (await writer.submit(clean)).counts["turn"].created == 12_000
+    poisoned = prepare([turn(n, "exec-big2") for n in range(1, 12_001)] + [turn(5, "exec-big")])
+    poisoned.rows["turn"][7_000]["total_tokens"] = TOO_BIG
+    outcome = await writer.submit(poisoned)
+    assert [f.position for f in outcome.failed] == [7_000]
+    assert outcome.counts["turn"].created == 11_999
+    assert outcome.counts["turn"].unchanged == 1
+    assert len(rows(store.url, "turns")) == 12_000 + 11_999

@@ -101,8 +101,7 @@ class Fast(GroupWrite):
             merged, order = self._merge(kind, table, self.live)
             if not merged:
                 continue
-            revisions = self.dialect.upsert(conn, table, list(merged.values()), self.now)
-            self.lane.touch()
+            revisions = self._upsert(table, list(merged.values()))
             count(kind, order, revisions, self.results)
         derived = merge_derived([r for i in self.live for r in self.batches[i].derived_executions])
         if derived:
@@ -110,6 +109,5 @@ class Fast(GroupWrite):
             self.lane.touch()
         rejected = [r for i in self.live for r in self.batches[i].rejected]
         if rejected:
-            self.dialect.insert_rejected(conn, rejected)
-            self.lane.touch()
+            self._insert_rejected(rejected)
         return self.results

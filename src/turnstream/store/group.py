@@ -19,6 +19,10 @@ from turnstream.store.faults import StreamConflict
 from turnstream.store.lane import Lane
 
 Result = BatchOutcome | BaseException
+# Most rows in one statement. Every statement must end well within db_timeout, which is both the
+# server's statement_timeout and the writer's deadline for a call that shows no progress: a
+# 100,000-record request goes in several statements, with progress noted between them.
+STATEMENT_ROWS = 5_000
 
 
 class Sent(NamedTuple):
@@ -42,6 +46,22 @@ class GroupWrite:
         self.conn: Any = None
         self.results: list[Result] = []
         self.live: list[int] = []  # batches whose stream advance (if any) succeeded
+
+    def _upsert(self, table: sa.Table, rows: list[Row]) -> dict[Key, int]:
+        """The bulk upsert of a transaction, in statements of at most STATEMENT_ROWS rows (the
+        first through the staging table, the others through the isolation one)."""
+        revisions: dict[Key, int] = {}
+        for start in range(0, len(rows), STATEMENT_ROWS):
+            chunk = rows[start : start + STATEMENT_ROWS]
+            again = start > 0
+            revisions.update(self.dialect.upsert(self.conn, table, chunk, self.now, again=again))
+            self.lane.touch()
+        return revisions
+
+    def _insert_rejected(self, rows: list[Row]) -> None:
+        for start in range(0, len(rows), STATEMENT_ROWS):
+            self.dialect.insert_rejected(self.conn, rows[start : start + STATEMENT_ROWS])
+            self.lane.touch()
 
     def _merge(
         self, kind: str, table: sa.Table, batches: list[int]

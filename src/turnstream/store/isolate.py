@@ -28,7 +28,15 @@ from turnstream.core.rows import Row
 from turnstream.store import dialects, schema
 from turnstream.store.dialects import Key
 from turnstream.store.faults import RowRefused, is_value_error, refusal
-from turnstream.store.group import GroupWrite, Result, Sent, count, derive, merge_derived
+from turnstream.store.group import (
+    STATEMENT_ROWS,
+    GroupWrite,
+    Result,
+    Sent,
+    count,
+    derive,
+    merge_derived,
+)
 
 log = logging.getLogger(__name__)
 X = TypeVar("X")
@@ -69,12 +77,11 @@ class Guarded(GroupWrite):
                 continue
             if merged:
                 try:
-                    revisions = self.dialect.upsert(conn, table, list(merged.values()), self.now)
+                    revisions = self._upsert(table, list(merged.values()))
                 except Exception as exc:
                     if is_value_error(exc):
                         raise TrustedRefused(exc) from exc
                     raise
-                self.lane.touch()
                 count(kind, order, revisions, self.results)
             if suspect:
                 self._write_batches(kind, suspect, failed)
@@ -100,15 +107,17 @@ class Guarded(GroupWrite):
         """Upsert the `kind` rows of `batches` (in order) in one statement; if refused, find
         what it refuses: the row it names, else halves of the batches, then the rows of one
         batch. True if the one statement went through. `known_bad`: it would fail (a sibling
-        half succeeded and the dialect cannot name rows), so split at once."""
+        half succeeded and the dialect cannot name rows), so split at once. More rows than a
+        statement takes are split before trying."""
         table = schema.RECORD_TABLES[kind]
         merged, order = self._merge(kind, table, batches)
         if not merged:
             return True
         revisions: dict[Key, int] = {}
         rows = list(merged.values())
-        exc: BaseException | None = None
-        if not known_bad:
+        exc: BaseException | None = KNOWN if known_bad else None
+        tried = not known_bad and len(rows) <= STATEMENT_ROWS
+        if tried:
             exc = self._savepoint(
                 lambda: revisions.update(
                     self.dialect.upsert(self.conn, table, rows, self.now, again=True)
@@ -120,9 +129,8 @@ class Guarded(GroupWrite):
         if len(batches) > 1 and not isinstance(exc, RowRefused):
             mid = len(batches) // 2
             whole = self._write_batches(kind, batches[:mid], failed)
-            self._write_batches(
-                kind, batches[mid:], failed, known_bad=whole and not self.dialect.pinpoints
-            )
+            infer = tried and whole and not self.dialect.pinpoints
+            self._write_batches(kind, batches[mid:], failed, known_bad=infer)
             return False
         self._write_rows(kind, table, merged, order, failed, exc)
         return False
@@ -136,8 +144,9 @@ class Guarded(GroupWrite):
         failed: dict[int, list[FailedRow]],
         failure: BaseException | None,
     ) -> None:
-        """Rows whose statement was refused (`failure`, None if not tried: known to fail):
-        find the rows refused, store the rest."""
+        """The rows of `merged` (one batch, or a statement that named a refused row): find the
+        rows refused, store the rest. `failure`: how writing them all failed (KNOWN: known to
+        fail; None: not tried)."""
         revisions: dict[Key, int] = {}
 
         def upsert(chunk: list[tuple[Key, Row]]) -> None:
@@ -145,7 +154,7 @@ class Guarded(GroupWrite):
             revisions.update(self.dialect.upsert(self.conn, table, rows, self.now, again=True))
 
         items = list(merged.items())
-        refused = {key: exc for (key, _), exc in self._isolate(items, upsert, failure or KNOWN)}
+        refused = {key: exc for (key, _), exc in self._isolate(items, upsert, failure)}
         count(kind, [s for s in order if s.key not in refused], revisions, self.results)
         for key, exc in refused.items():
             sent = [s for s in order if s.key == key]
@@ -193,8 +202,12 @@ class Guarded(GroupWrite):
                 attempt(chunk[mid:], KNOWN if whole else None)
                 return False
 
-        if items:
-            attempt(items, failure)
+        if len(items) <= STATEMENT_ROWS:
+            if items:
+                attempt(items, failure)
+            return refused
+        for start in range(0, len(items), STATEMENT_ROWS):  # what one statement takes, each
+            attempt(items[start : start + STATEMENT_ROWS], None)
         return refused
 
     def _savepoint(self, fn: Callable[[], None]) -> BaseException | None:

@@ -10,8 +10,8 @@ import time
 from bench.load import make_turn
 from turnstream.core.pipeline import Item, Pipeline
 from turnstream.core.pricing import PriceTable
-from turnstream.store import dialects, schema
-from turnstream.store.engine import create_engine, migrate
+from turnstream.store import schema
+from turnstream.store.engine import create_engine, dialect_for, migrate
 
 
 def ceiling(url: str, records: int, per_transaction: int = 5_000) -> float:
@@ -21,7 +21,7 @@ def ceiling(url: str, records: int, per_transaction: int = 5_000) -> float:
     pipeline = Pipeline(PriceTable.load())
     items = [Item("turn", make_turn(f"ceiling-{i // 1000}", i), "t", i) for i in range(records)]
     rows = pipeline.prepare("default", "bench", items).batch.rows["turn"]
-    dialect = dialects.for_url(engine.url)
+    dialect = dialect_for(engine.url)
     raw = engine.raw_connection()
     conn = raw.driver_connection
     dialect.prepare(conn)

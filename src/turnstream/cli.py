@@ -83,6 +83,26 @@ def _parser() -> argparse.ArgumentParser:
         "--shutdown-grace", type=float, metavar="SECONDS", help="drain deadline on SIGTERM [10]"
     )
     serve.add_argument(
+        "--db-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="longest a database call may take (connect, statement, lock wait, commit) before "
+        "callers get UNAVAILABLE and health turns NOT_SERVING [5]",
+    )
+    serve.add_argument(
+        "--http-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="an HTTP connection that does not send a complete request (headers and body) "
+        "within this long after opening or after its last response is closed [30]",
+    )
+    serve.add_argument(
+        "--http-max-connections",
+        type=int,
+        metavar="N",
+        help="open HTTP connections beyond this are answered 503 and closed [1000]",
+    )
+    serve.add_argument(
         "--no-migrate",
         dest="auto_migrate",
         action="store_const",

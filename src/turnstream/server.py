@@ -1,5 +1,10 @@
 """Entrypoint: composes the doors, the core and the writer into one process, with health,
-reflection and an HTTP listener; shuts down by draining, never by cancelling queued work."""
+reflection and an HTTP listener; shuts down by draining, never by cancelling queued work, and
+within one deadline whatever the database does.
+
+Health: gRPC `grpc.health.v1` ("" and the IngestService) and HTTP `/readyz` follow the writer:
+NOT_SERVING / 503 while the database is unreachable or not answering, SERVING / 200 again by
+themselves when it answers (the writer probes it). `/healthz` only says the process is alive."""
 
 from __future__ import annotations
 
@@ -13,11 +18,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 
 import grpc
 import sqlalchemy as sa
-import uvicorn
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from starlette.applications import Starlette
@@ -35,8 +40,10 @@ from turnstream.doors.analytics_calls import AnalyticsCalls
 from turnstream.doors.grpc_analytics import AnalyticsServicer
 from turnstream.doors.grpc_guard import add_guarded
 from turnstream.doors.grpc_ingest import IngestServicer
-from turnstream.doors.grpc_stream import StreamDoor
+from turnstream.doors.grpc_stream import STOP_TIMEOUT, StreamDoor
 from turnstream.doors.http import HttpContext, build_app
+from turnstream.listener import HttpServer
+from turnstream.listener import server as http_server
 from turnstream.store.analytics_reads import AnalyticsReads
 from turnstream.store.engine import create_engine, migrate
 from turnstream.store.queries import Reads
@@ -83,21 +90,26 @@ class Server:
         self.http_port = 0
         self.health = health.aio.HealthServicer()
         self._grpc: grpc.aio.Server | None = None
-        self._http: uvicorn.Server | None = None
+        self._http: HttpServer | None = None
         self.http_app: Starlette | None = None
         self._http_task: asyncio.Task[None] | None = None
         self._streaming: StreamDoor | None = None
         self._serving = False
+        self._health_updates: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         s = self.settings
         prices = PriceTable.load(s.prices_file)
-        self.engine = create_engine(s.database_url)
+        self.engine = create_engine(s.database_url, db_timeout=s.db_timeout)
         if s.auto_migrate:
             await asyncio.to_thread(migrate, self.engine)
         self.writer = Writer(
-            self.engine, max_flush_rows=s.max_flush_rows, max_pending_rows=s.max_pending_rows
+            self.engine,
+            max_flush_rows=s.max_flush_rows,
+            max_pending_rows=s.max_pending_rows,
+            timeout=s.db_timeout,
         )
+        self.writer.on_health(self._store_health)
         await self.writer.start()
         pipeline = Pipeline(prices)
         self._streaming = StreamDoor(pipeline, self.writer, s)
@@ -158,11 +170,14 @@ class Server:
             honeyhive,
             http_analytics.routes_for(analytics),
         ]
-        extra = [Route("/healthz", self._healthz), *openapi.routes(openapi_document())]
+        extra = [
+            Route("/healthz", self._healthz),
+            Route("/readyz", self._readyz),
+            *openapi.routes(openapi_document()),
+        ]
         await self._start_http(build_app(http, formats, extra))
-        for name in ("", SERVICE):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._serving = True
+        await self._publish_health(self.writer.healthy, self.writer.health_reason)
         log.info(
             "turnstream serving gRPC on %s:%d, HTTP on %s:%d, database %s",
             host,
@@ -187,36 +202,102 @@ class Server:
                 f"cannot listen on {self.settings.http_addr} (HTTP): {exc.strerror}"
             ) from exc
         self.http_port = sock.getsockname()[1]
-        config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
-        self._http = uvicorn.Server(config)
+        self._http = http_server(
+            app,
+            max_connections=self.settings.http_max_connections,
+            timeout=self.settings.http_timeout,
+        )
         self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]))
+        # start() returns once both listeners accept connections.
+        while not self._http.started:
+            if self._http_task.done():
+                self._http_task.result()  # raises why it failed
+                raise OSError(f"the HTTP listener on {self.settings.http_addr} did not start")
+            await asyncio.sleep(0.01)
 
     async def _healthz(self, _request: Request) -> JSONResponse:
+        """Liveness: the process answers (200), unless it is draining for a shutdown."""
         if self._serving:
             return JSONResponse({"status": "serving"})
         return JSONResponse({"status": "draining"}, status_code=503)
 
+    async def _readyz(self, _request: Request) -> JSONResponse:
+        """Readiness: 200 only while serving with a database that answers; else 503 and why."""
+        if not self._serving:
+            return JSONResponse({"status": "draining"}, status_code=503)
+        if self.writer is not None and not self.writer.healthy:
+            reason = self.writer.health_reason
+            return JSONResponse({"status": "unavailable", "reason": reason}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    def _store_health(self, healthy: bool, reason: str) -> None:
+        """The writer's listener: its view of the database, published as gRPC health."""
+        task = asyncio.create_task(self._publish_health(healthy, reason))
+        self._health_updates.add(task)
+        task.add_done_callback(self._health_updates.discard)
+
+    async def _publish_health(self, healthy: bool, reason: str) -> None:
+        # Only while serving: a shutdown's NOT_SERVING is final (and the health servicer
+        # ignores updates after enter_graceful_shutdown anyway).
+        if not self._serving:
+            return
+        status = health_pb2.HealthCheckResponse.SERVING
+        if not healthy:
+            status = health_pb2.HealthCheckResponse.NOT_SERVING
+            log.warning("reporting NOT_SERVING: %s", reason)
+        for name in ("", SERVICE):
+            await self.health.set(name, status)
+
     async def stop(self, grace: float | None = None) -> None:
         """Report NOT_SERVING, let streams answer what they read, let unary calls finish,
-        commit everything queued, then close. Nothing acked is lost; nothing read is dropped."""
+        commit everything queued, then close — all within one deadline, `grace` seconds from
+        now, whatever the database does. Work not committed by then is answered UNAVAILABLE
+        (or cut off), never acked: nothing acked is lost."""
         grace = self.settings.shutdown_grace if grace is None else grace
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+
+        def left() -> float:
+            return max(0.0, deadline - loop.time())
+
         self._serving = False
         await self.health.enter_graceful_shutdown()
         if self._streaming is not None:
             try:
-                await self._streaming.drain(grace)
+                # drain() takes up to STOP_TIMEOUT past its grace to end late calls.
+                drain = self._streaming.drain(max(0.0, left() - STOP_TIMEOUT))
+                await asyncio.wait_for(drain, left())
+            except TimeoutError:
+                log.warning("the streams did not drain before the shutdown deadline")
             except Exception:  # shutdown goes on: the writer must still commit what is queued
                 log.exception("draining the streams failed")
-        if self._grpc is not None:
-            await self._grpc.stop(grace)
+        # Both listeners stop taking calls; calls in flight may finish until the deadline.
+        await asyncio.gather(self._stop_grpc(left()), self._stop_http(left()))
         if self.writer is not None:
-            await self.writer.close(grace)
-        if self._http is not None and self._http_task is not None:
-            self._http.should_exit = True
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._http_task, 5)
+            await self.writer.close(left())
         if self.engine is not None:
-            self.engine.dispose()
+            await _bounded(self.engine.dispose, min(left(), 0.5))
+
+    async def _stop_grpc(self, grace: float) -> None:
+        if self._grpc is None:
+            return
+        try:
+            # grpc cancels the calls still running at the end of its grace; allow it a moment
+            # to do so, but never wait past the deadline by more than that.
+            await asyncio.wait_for(self._grpc.stop(grace), grace + 0.25)
+        except TimeoutError:
+            log.warning("gRPC did not stop within %.1fs", grace)
+
+    async def _stop_http(self, grace: float) -> None:
+        if self._http is None or self._http_task is None:
+            return
+        self._http.stop(grace)
+        done, _ = await asyncio.wait({self._http_task}, timeout=grace + 0.2)
+        if not done:
+            self._http.force_exit = True  # drop connections still open
+            done, _ = await asyncio.wait({self._http_task}, timeout=0.2)
+        if not done:
+            self._http_task.cancel()
 
     async def wait(self) -> None:
         if self._grpc is not None:
@@ -242,16 +323,42 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down: draining for up to %.1fs", settings.shutdown_grace)
+    # Workers get the same grace from the same moment, so they end by the same deadline.
+    deadline = loop.time() + settings.shutdown_grace
     for worker in workers:
         worker.send_signal(signal.SIGTERM)
     await server.stop()
     for worker in workers:
         try:
-            await asyncio.to_thread(worker.wait, settings.shutdown_grace + 5)
+            await asyncio.to_thread(worker.wait, max(0.0, deadline - loop.time()) + 0.5)
         except subprocess.TimeoutExpired:
             log.error("worker %d did not stop in time; killing it", worker.pid)
             worker.kill()
+    # A database call stuck in the driver (a frozen server) is left on its daemon thread: it
+    # cannot hold the process, and what it was doing was never acked.
     log.info("stopped")
+
+
+async def _bounded(fn: Callable[[], None], within: float) -> None:
+    """fn() on a daemon thread, waited for at most `within` seconds (closing connections to a
+    frozen database must not hold a shutdown; the thread cannot hold the process's exit)."""
+    done = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def run() -> None:
+        try:
+            fn()
+        except Exception:
+            log.debug("%s failed during shutdown", fn, exc_info=True)
+        finally:
+            with contextlib.suppress(RuntimeError):  # the loop may be gone by now
+                loop.call_soon_threadsafe(done.set)
+
+    threading.Thread(target=run, name="turnstream-shutdown", daemon=True).start()
+    try:
+        await asyncio.wait_for(done.wait(), within)
+    except TimeoutError:
+        log.warning("%s did not finish within %.1fs; leaving it", fn, within)
 
 
 def _spawn_workers(settings: Settings) -> list[subprocess.Popen[bytes]]:

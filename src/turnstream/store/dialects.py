@@ -6,14 +6,15 @@ only moves forward, and a row that would not change is not touched (its `revisio
 RETURNING leaves it out: that is how "unchanged" is told from "updated").
 
 SQLite: multi-row `INSERT … VALUES … ON CONFLICT DO UPDATE … RETURNING`, chunked under its
-parameter limit. PostgreSQL: binary COPY into a temporary staging table, then one
-`INSERT … SELECT … ON CONFLICT DO UPDATE … RETURNING` per table.
+parameter limit. PostgreSQL (postgres.py): binary COPY into a temporary staging table, then
+one `INSERT … SELECT … ON CONFLICT DO UPDATE … RETURNING` per table.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
@@ -22,6 +23,7 @@ import sqlalchemy as sa
 from turnstream.core.batch import StreamAdvance
 from turnstream.core.rows import Row
 from turnstream.store import schema
+from turnstream.store.faults import RowRefused
 
 Key = tuple[Any, ...]
 BOOKKEEPING = ("revision", "created_at", "updated_at")
@@ -69,11 +71,22 @@ def merge_rows(table: sa.Table, old: Row, new: Row) -> Row:
 
 class Dialect(Protocol):
     name: str
+    # True when a refused upsert(again=True) raises faults.RowRefused naming the row.
+    pinpoints: bool
 
     def prepare(self, conn: Any) -> None: ...
     def begin(self, conn: Any) -> None: ...
+    def commit(self, conn: Any) -> None: ...
+    def ping(self, conn: Any) -> None: ...
+    def renew_savepoint(self, conn: Any, name: str) -> None: ...
     def upsert(
-        self, conn: Any, table: sa.Table, rows: Sequence[Row], now: dt.datetime
+        self,
+        conn: Any,
+        table: sa.Table,
+        rows: Sequence[Row],
+        now: dt.datetime,
+        *,
+        again: bool = False,
     ) -> dict[Key, int]: ...
     def upsert_derived(self, conn: Any, rows: Sequence[Row], now: dt.datetime) -> None: ...
     def insert_rejected(self, conn: Any, rows: Sequence[Row]) -> None: ...
@@ -88,7 +101,7 @@ class Dialect(Protocol):
     def stream_state(self, conn: Any, tenant_id: str, stream_id: str) -> tuple[int, int] | None: ...
 
 
-class _SqlDialect:
+class SqlDialect:
     """SQL text shared by both dialects; `p` is the DBAPI placeholder."""
 
     name = ""
@@ -98,6 +111,17 @@ class _SqlDialect:
 
     def _value(self, value: Any) -> Any:
         return value
+
+    def renew_savepoint(self, conn: Any, name: str) -> None:
+        """Keep what was done since SAVEPOINT `name` and set it again here."""
+        conn.execute(f"RELEASE SAVEPOINT {name}")
+        conn.execute(f"SAVEPOINT {name}")
+
+    def ping(self, conn: Any) -> None:
+        """A round trip that proves the database answers (the health probe)."""
+        cur = conn.cursor()
+        cur.execute("SELECT 1")
+        cur.fetchall()
 
     def _insert_many(
         self, conn: Any, table: str, cols: list[str], rows: Iterable[Sequence[Any]], tail: str
@@ -241,8 +265,13 @@ def _json_text(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-class SqliteDialect(_SqlDialect):
+class SqliteDialect(SqlDialect):
     name = "sqlite"
+    # SQLite checks no lengths or types: what it refuses is nearly always a value sqlite3 cannot
+    # bind (an integer beyond 64 bits, a type it has no adapter for), which does not say which
+    # row it was. Binding each row alone, without a table, finds it in microseconds (RowRefused);
+    # anything else is found by bisection. Its statements cost the server's own CPU.
+    pinpoints = True
     p = "?"
     distinct = "IS NOT"
 
@@ -255,6 +284,15 @@ class SqliteDialect(_SqlDialect):
     def begin(self, conn: Any) -> None:
         conn.execute("BEGIN IMMEDIATE")
 
+    def commit(self, conn: Any) -> None:
+        conn.execute("COMMIT")
+
+    def ping(self, conn: Any) -> None:
+        # The file answering reads proves little (WAL serves them under a held write lock):
+        # can the writer take the write lock within busy_timeout?
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ROLLBACK")
+
     def time(self, value: dt.datetime) -> Any:
         return schema.sqlite_time(value)
 
@@ -266,113 +304,37 @@ class SqliteDialect(_SqlDialect):
         return value
 
     def upsert(
-        self, conn: Any, table: sa.Table, rows: Sequence[Row], now: dt.datetime
+        self,
+        conn: Any,
+        table: sa.Table,
+        rows: Sequence[Row],
+        now: dt.datetime,
+        *,
+        again: bool = False,
     ) -> dict[Key, int]:
         cols = key_columns(table) + data_columns(table) + list(BOOKKEEPING)
-        values = ([r.get(c) for c in cols[:-3]] + [1, now, now] for r in rows)
+        values = [[r.get(c) for c in cols[:-3]] + [1, now, now] for r in rows]
         nkeys = len(key_columns(table))
-        returned = self._insert_many(conn, table.name, cols, values, self._upsert_tail(table))
-        return {tuple(r[:nkeys]): r[nkeys] for r in returned}
-
-
-_PG_TYPES: dict[type[Any], str] = {
-    sa.String: "text",
-    sa.Text: "text",
-    sa.BigInteger: "int8",
-    sa.Integer: "int4",
-    sa.Double: "float8",
-    sa.Boolean: "bool",
-}
-
-
-def _pg_type(column: sa.Column[Any]) -> str:
-    t = column.type
-    if isinstance(t, schema.UTCDateTime):
-        return "timestamptz"
-    if isinstance(t, sa.JSON):
-        return "jsonb"
-    for cls, name in _PG_TYPES.items():
-        if type(t) is cls:
-            return name
-    raise TypeError(f"no COPY type for {column}")
-
-
-class PostgresDialect(_SqlDialect):
-    name = "postgresql"
-    p = "%s"
-    distinct = "IS DISTINCT FROM"
-    value_casts = ("::text", "::text", "::bigint", "::bigint", "::bigint")
-    # Below this many rows one multi-row INSERT … VALUES (one round trip) beats COPY into the
-    # staging table plus INSERT … SELECT (two); above it COPY's binary encoding wins.
-    copy_threshold = 64
-
-    def prepare(self, conn: Any) -> None:
-        # Staging tables live as long as the connection; ON COMMIT DELETE ROWS empties them at
-        # every commit. Created in a committed transaction of their own so that a rolled-back
-        # flush cannot take them away.
-        with conn.cursor() as cur:
-            for table in (*schema.RECORD_TABLES.values(),):
-                cur.execute(
-                    f"CREATE TEMP TABLE IF NOT EXISTS stage_{table.name} "
-                    f"(LIKE {table.name} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-                )
-        conn.commit()
-
-    def begin(self, conn: Any) -> None:
-        pass  # psycopg opens a transaction at the first statement
-
-    def _copy(
-        self, conn: Any, table: sa.Table, cols: list[str], rows: Iterable[Sequence[Any]]
-    ) -> None:
-        from psycopg.types.json import Jsonb
-
-        types = [_pg_type(table.c[c]) for c in cols]
-        json_at = [i for i, t in enumerate(types) if t == "jsonb"]
-        with (
-            conn.cursor() as cur,
-            cur.copy(
-                f"COPY stage_{table.name} ({', '.join(cols)}) FROM STDIN (FORMAT BINARY)"
-            ) as copy,
-        ):
-            copy.set_types(types)
-            for row in rows:
-                if json_at:
-                    row = list(row)
-                    for i in json_at:
-                        if row[i] is not None:
-                            row[i] = Jsonb(row[i])
-                copy.write_row(row)
-
-    def upsert(
-        self, conn: Any, table: sa.Table, rows: Sequence[Row], now: dt.datetime
-    ) -> dict[Key, int]:
-        cols = key_columns(table) + data_columns(table) + list(BOOKKEEPING)
-        values = ([r.get(c) for c in cols[:-3]] + [1, now, now] for r in rows)
-        nkeys = len(key_columns(table))
-        if len(rows) < self.copy_threshold:
+        try:
             returned = self._insert_many(conn, table.name, cols, values, self._upsert_tail(table))
-            return {tuple(r[:nkeys]): r[nkeys] for r in returned}
-        self._copy(conn, table, cols, values)
-        names = ", ".join(cols)
-        with conn.cursor() as cur:
-            cur.execute(
-                f"INSERT INTO {table.name} ({names}) SELECT {names} FROM stage_{table.name}"
-                + self._upsert_tail(table)
-            )
-            returned = cur.fetchall()
+        except (OverflowError, ValueError, TypeError, sqlite3.InterfaceError) as exc:
+            index = self._unbindable(values) if again else None
+            if index is None:
+                raise
+            raise RowRefused(index, exc) from exc
         return {tuple(r[:nkeys]): r[nkeys] for r in returned}
 
-    def _value(self, value: Any) -> Any:
-        from psycopg.types.json import Jsonb
-
-        return Jsonb(value) if isinstance(value, dict | list) else value
-
-
-def for_url(url: sa.URL) -> Dialect:
-    if url.get_backend_name() == "sqlite":
-        return SqliteDialect()
-    if url.get_backend_name() == "postgresql":
-        return PostgresDialect()
-    raise ValueError(
-        f"unsupported database {url.get_backend_name()!r}: use sqlite:/// or postgresql+psycopg://"
-    )
+    def _unbindable(self, values: list[list[Any]]) -> int | None:
+        """The first row sqlite3 cannot bind, found by binding each alone (no table, no I/O)."""
+        scratch = sqlite3.connect(":memory:")
+        try:
+            for n, row in enumerate(values):
+                try:
+                    scratch.execute(
+                        "SELECT " + ", ".join("?" * len(row)), [self._value(v) for v in row]
+                    )
+                except (OverflowError, ValueError, TypeError, sqlite3.Error):
+                    return n
+            return None
+        finally:
+            scratch.close()

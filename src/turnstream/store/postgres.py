@@ -1,0 +1,184 @@
+"""Storage: the PostgreSQL dialect — binary COPY into a temporary staging table, then one
+`INSERT … SELECT … ON CONFLICT DO UPDATE … RETURNING` per table (the merge SQL is shared with
+SQLite in dialects.py); small upserts skip COPY. A row COPY refuses is named (RowRefused)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from turnstream.core.rows import Row
+from turnstream.store import schema
+from turnstream.store.dialects import (
+    BOOKKEEPING,
+    Key,
+    SqlDialect,
+    data_columns,
+    key_columns,
+)
+from turnstream.store.faults import RowRefused
+
+_COPY_LINE = re.compile(r"^COPY \S+, line (\d+)")
+
+
+_PG_TYPES: dict[type[Any], str] = {
+    sa.String: "text",
+    sa.Text: "text",
+    sa.BigInteger: "int8",
+    sa.Integer: "int4",
+    sa.Double: "float8",
+    sa.Boolean: "bool",
+}
+
+
+_COPY_LINE = re.compile(r"^COPY \S+, line (\d+)")
+
+
+def _pg_type(column: sa.Column[Any]) -> str:
+    t = column.type
+    if isinstance(t, schema.UTCDateTime):
+        return "timestamptz"
+    if isinstance(t, sa.JSON):
+        return "jsonb"
+    for cls, name in _PG_TYPES.items():
+        if type(t) is cls:
+            return name
+    raise TypeError(f"no COPY type for {column}")
+
+
+class PostgresDialect(SqlDialect):
+    name = "postgresql"
+    # COPY names the refused row: the driver fails on the row it encodes, the server's error
+    # context says "COPY stage_x, line N". Each statement costs the server about a millisecond
+    # whatever its size, so one failed COPY per poison row beats bisecting.
+    pinpoints = True
+    p = "%s"
+    distinct = "IS DISTINCT FROM"
+    value_casts = ("::text", "::text", "::bigint", "::bigint", "::bigint")
+    # Below this many rows one multi-row INSERT … VALUES (one round trip) beats COPY into the
+    # staging table plus INSERT … SELECT (two); above it COPY's binary encoding wins.
+    copy_threshold = 64
+
+    def __init__(self, timeout: float | None = None) -> None:
+        self.timeout = timeout
+
+    def prepare(self, conn: Any) -> None:
+        with conn.cursor() as cur:
+            if self.timeout is not None:
+                # A hung or overloaded server must answer with an error, not hold the writer:
+                # no statement or lock wait longer than the timeout. A session left idle inside
+                # a transaction (its writer thread abandoned as hung) is ended by the server
+                # after twice that, releasing its locks; twice, so that a live writer whose
+                # thread waits a moment for the GIL is never cut off.
+                ms = max(1, round(self.timeout * 1000))
+                cur.execute(f"SET statement_timeout = {ms}")
+                cur.execute(f"SET lock_timeout = {ms}")
+                cur.execute(f"SET idle_in_transaction_session_timeout = {2 * ms}")
+            # Staging tables live as long as the connection; ON COMMIT DELETE ROWS empties them
+            # at every commit. Created in a committed transaction of their own so that a
+            # rolled-back flush cannot take them away. stage_* takes a transaction's one bulk
+            # upsert per table; isolate_* the small, repeated ones of poison isolation.
+            for table in (*schema.RECORD_TABLES.values(),):
+                for prefix in ("stage", "isolate"):
+                    cur.execute(
+                        f"CREATE TEMP TABLE IF NOT EXISTS {prefix}_{table.name} "
+                        f"(LIKE {table.name} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+                    )
+        conn.commit()
+
+    def begin(self, conn: Any) -> None:
+        pass  # psycopg opens a transaction at the first statement
+
+    def commit(self, conn: Any) -> None:
+        conn.commit()
+
+    def renew_savepoint(self, conn: Any, name: str) -> None:
+        # Without parameters psycopg sends the simple query protocol: two statements, one
+        # round trip (a guarded flush does this once per segment).
+        conn.execute(f"RELEASE SAVEPOINT {name}; SAVEPOINT {name}")
+
+    def ping(self, conn: Any) -> None:
+        super().ping(conn)
+        conn.rollback()  # psycopg opened a transaction for the SELECT; end it
+
+    def _copy(
+        self,
+        conn: Any,
+        table: sa.Table,
+        cols: list[str],
+        rows: Iterable[Sequence[Any]],
+        into: str = "stage",
+    ) -> None:
+        """Binary COPY into a staging table; a row refused raises RowRefused(its index)."""
+        import psycopg
+        from psycopg.types.json import Jsonb
+
+        types = [_pg_type(table.c[c]) for c in cols]
+        json_at = [i for i, t in enumerate(types) if t == "jsonb"]
+        try:
+            with (
+                conn.cursor() as cur,
+                cur.copy(
+                    f"COPY {into}_{table.name} ({', '.join(cols)}) FROM STDIN (FORMAT BINARY)"
+                ) as copy,
+            ):
+                copy.set_types(types)
+                for n, row in enumerate(rows):
+                    if json_at:
+                        row = list(row)
+                        for i in json_at:
+                            if row[i] is not None:
+                                row[i] = Jsonb(row[i])
+                    try:
+                        copy.write_row(row)
+                    except (OverflowError, ValueError, TypeError, psycopg.DataError) as exc:
+                        raise RowRefused(n, exc) from exc
+        except psycopg.Error as exc:
+            line = _COPY_LINE.search(exc.diag.context or "")
+            if line is None:
+                raise
+            raise RowRefused(int(line.group(1)) - 1, exc) from exc
+
+    def upsert(
+        self,
+        conn: Any,
+        table: sa.Table,
+        rows: Sequence[Row],
+        now: dt.datetime,
+        *,
+        again: bool = False,
+    ) -> dict[Key, int]:
+        """`again`: an upsert of poison isolation, one of several of this table in the
+        transaction. It stages its rows in isolate_* and takes them out as it reads them, so
+        the next one starts from an empty stage; and it always goes through COPY, small or not,
+        because COPY names a refused row (RowRefused)."""
+        cols = key_columns(table) + data_columns(table) + list(BOOKKEEPING)
+        values = ([r.get(c) for c in cols[:-3]] + [1, now, now] for r in rows)
+        nkeys = len(key_columns(table))
+        if len(rows) < self.copy_threshold and not again:
+            returned = self._insert_many(conn, table.name, cols, values, self._upsert_tail(table))
+            return {tuple(r[:nkeys]): r[nkeys] for r in returned}
+        names = ", ".join(cols)
+        if again:
+            self._copy(conn, table, cols, values, into="isolate")
+            head = f"WITH staged AS (DELETE FROM isolate_{table.name} RETURNING {names}) "
+            source = "staged"
+        else:
+            self._copy(conn, table, cols, values)
+            head, source = "", f"stage_{table.name}"
+        with conn.cursor() as cur:
+            cur.execute(
+                f"{head}INSERT INTO {table.name} ({names}) SELECT {names} FROM {source}"
+                + self._upsert_tail(table)
+            )
+            returned = cur.fetchall()
+        return {tuple(r[:nkeys]): r[nkeys] for r in returned}
+
+    def _value(self, value: Any) -> Any:
+        from psycopg.types.json import Jsonb
+
+        return Jsonb(value) if isinstance(value, dict | list) else value

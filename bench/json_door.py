@@ -12,13 +12,12 @@ import asyncio
 import datetime as dt
 import json
 import sys
-import tempfile
 import time
 
 import grpc
 import httpx
 
-from bench.run import ROOT, start_server_with_http
+from bench.run import scratch_database, start_server_with_http
 from turnstream.formats import kubiya
 from turnstream.v1 import ingest_pb2, ingest_pb2_grpc, records_pb2
 
@@ -102,17 +101,7 @@ def main() -> int:
     p.add_argument("--requests", type=int, default=100, help="requests per client")
     p.add_argument("--clients", type=int, default=8)
     args = p.parse_args()
-    with tempfile.TemporaryDirectory(prefix="turnstream-json-") as tmp:
-        pg = None
-        if args.dialect == "postgresql":
-            sys.path.insert(0, str(ROOT))
-            from tests.pgserver import PgServer
-
-            pg = PgServer()
-            pg.start()
-            url = pg.create_database("json")
-        else:
-            url = f"sqlite:///{tmp}/json.db"
+    with scratch_database(args.dialect, "json") as url:
         proc, target, http = start_server_with_http(url)
         try:
             print(f"== {args.dialect}: gRPC Write, batches of {PER_REQUEST}", flush=True)
@@ -124,9 +113,6 @@ def main() -> int:
         finally:
             proc.terminate()
             proc.wait(60)
-            if pg is not None:
-                pg.stop()
-                pg.cleanup()
     print(
         f"\n| {args.dialect} | gRPC Write | Kubiya JSON | JSON / gRPC |\n|---|---:|---:|---:|\n"
         f"| {args.clients} clients x {args.requests} requests x {PER_REQUEST} turns | "

@@ -14,13 +14,12 @@ import asyncio
 import datetime as dt
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import grpc
 
-from bench.run import ROOT, start_server
+from bench.run import scratch_database, start_server
 from turnstream.v1 import ingest_pb2, ingest_pb2_grpc, records_pb2
 
 T0 = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
@@ -121,17 +120,7 @@ def main() -> int:
     p.add_argument("--big", type=int, default=100_000, help="turns in the big Write")
     p.add_argument("--parallel", type=int, default=10, help="~16 MiB Writes sent at once")
     args = p.parse_args()
-    with tempfile.TemporaryDirectory(prefix="turnstream-limits-") as tmp:
-        pg = None
-        if args.dialect == "postgresql":
-            sys.path.insert(0, str(ROOT))
-            from tests.pgserver import PgServer
-
-            pg = PgServer()
-            pg.start()
-            url = pg.create_database("limits")
-        else:
-            url = f"sqlite:///{tmp}/limits.db"
+    with scratch_database(args.dialect, "limits") as url:
         proc, target = start_server(url)
         try:
             # Memory first, on a fresh process, so the figures are not the other scenario's.
@@ -149,9 +138,6 @@ def main() -> int:
         finally:
             proc.terminate()
             proc.wait(60)
-            if pg is not None:
-                pg.stop()
-                pg.cleanup()
     print("\n".join(out))
     return 0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import platform
 import shutil
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -75,6 +77,26 @@ def start_server_with_http(url: str, workers: int = 1) -> tuple[subprocess.Popen
             time.sleep(0.2)
     proc.kill()
     raise RuntimeError("server did not become healthy within 30 s")
+
+
+@contextlib.contextmanager
+def scratch_database(dialect: str, name: str) -> Iterator[str]:
+    """A URL of an empty database for one benchmark run: a file in a temporary directory, or a
+    database on a throwaway PostgreSQL server (tests/pgserver.py); removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix=f"turnstream-{name}-") as tmp:
+        if dialect != "postgresql":
+            yield f"sqlite:///{tmp}/{name}.db"
+            return
+        sys.path.insert(0, str(ROOT))
+        from tests.pgserver import PgServer
+
+        pg = PgServer()
+        pg.start()
+        try:
+            yield pg.create_database(name)
+        finally:
+            pg.stop()
+            pg.cleanup()
 
 
 def line(name: str, r: Result) -> str:

@@ -5,16 +5,14 @@ a field present in the new row overwrites, an absent (NULL) one keeps the stored
 only moves forward, and a row that would not change is not touched (its `revision` stays, and
 RETURNING leaves it out: that is how "unchanged" is told from "updated").
 
-SQLite: multi-row `INSERT … VALUES … ON CONFLICT DO UPDATE … RETURNING`, chunked under its
-parameter limit. PostgreSQL (postgres.py): binary COPY into a temporary staging table, then
-one `INSERT … SELECT … ON CONFLICT DO UPDATE … RETURNING` per table.
+SQLite (sqlite.py): multi-row `INSERT … VALUES … ON CONFLICT DO UPDATE … RETURNING`, chunked
+under its parameter limit. PostgreSQL (postgres.py): binary COPY into a temporary staging
+table, then one `INSERT … SELECT … ON CONFLICT DO UPDATE … RETURNING` per table.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
-import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
@@ -23,7 +21,6 @@ import sqlalchemy as sa
 from turnstream.core.batch import StreamAdvance
 from turnstream.core.rows import Row
 from turnstream.store import schema
-from turnstream.store.faults import RowRefused
 
 Key = tuple[Any, ...]
 BOOKKEEPING = ("revision", "created_at", "updated_at")
@@ -87,6 +84,7 @@ class Dialect(Protocol):
         now: dt.datetime,
         *,
         again: bool = False,
+        refused: list[tuple[int, BaseException]] | None = None,
     ) -> dict[Key, int]: ...
     def upsert_derived(self, conn: Any, rows: Sequence[Row], now: dt.datetime) -> None: ...
     def insert_rejected(self, conn: Any, rows: Sequence[Row]) -> None: ...
@@ -259,82 +257,3 @@ class SqlDialect:
 
     def time(self, value: dt.datetime) -> Any:
         return value
-
-
-def _json_text(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-class SqliteDialect(SqlDialect):
-    name = "sqlite"
-    # SQLite checks no lengths or types: what it refuses is nearly always a value sqlite3 cannot
-    # bind (an integer beyond 64 bits, a type it has no adapter for), which does not say which
-    # row it was. Binding each row alone, without a table, finds it in microseconds (RowRefused);
-    # anything else is found by bisection. Its statements cost the server's own CPU.
-    pinpoints = True
-    p = "?"
-    distinct = "IS NOT"
-
-    def prepare(self, conn: Any) -> None:
-        # Autocommit at the driver level: the writer issues BEGIN IMMEDIATE itself, so the write
-        # lock is taken up front and a concurrent writer waits (busy_timeout) instead of failing
-        # half-way through a transaction.
-        conn.isolation_level = None
-
-    def begin(self, conn: Any) -> None:
-        conn.execute("BEGIN IMMEDIATE")
-
-    def commit(self, conn: Any) -> None:
-        conn.execute("COMMIT")
-
-    def ping(self, conn: Any) -> None:
-        # The file answering reads proves little (WAL serves them under a held write lock):
-        # can the writer take the write lock within busy_timeout?
-        conn.execute("BEGIN IMMEDIATE")
-        conn.execute("ROLLBACK")
-
-    def time(self, value: dt.datetime) -> Any:
-        return schema.sqlite_time(value)
-
-    def _value(self, value: Any) -> Any:
-        if isinstance(value, dt.datetime):
-            return schema.sqlite_time(value)
-        if isinstance(value, dict | list):
-            return _json_text(value)
-        return value
-
-    def upsert(
-        self,
-        conn: Any,
-        table: sa.Table,
-        rows: Sequence[Row],
-        now: dt.datetime,
-        *,
-        again: bool = False,
-    ) -> dict[Key, int]:
-        cols = key_columns(table) + data_columns(table) + list(BOOKKEEPING)
-        values = [[r.get(c) for c in cols[:-3]] + [1, now, now] for r in rows]
-        nkeys = len(key_columns(table))
-        try:
-            returned = self._insert_many(conn, table.name, cols, values, self._upsert_tail(table))
-        except (OverflowError, ValueError, TypeError, sqlite3.InterfaceError) as exc:
-            index = self._unbindable(values) if again else None
-            if index is None:
-                raise
-            raise RowRefused(index, exc) from exc
-        return {tuple(r[:nkeys]): r[nkeys] for r in returned}
-
-    def _unbindable(self, values: list[list[Any]]) -> int | None:
-        """The first row sqlite3 cannot bind, found by binding each alone (no table, no I/O)."""
-        scratch = sqlite3.connect(":memory:")
-        try:
-            for n, row in enumerate(values):
-                try:
-                    scratch.execute(
-                        "SELECT " + ", ".join("?" * len(row)), [self._value(v) for v in row]
-                    )
-                except (OverflowError, ValueError, TypeError, sqlite3.Error):
-                    return n
-            return None
-        finally:
-            scratch.close()

@@ -12,8 +12,9 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
-from turnstream.store.dialects import Dialect, SqliteDialect
+from turnstream.store.dialects import Dialect
 from turnstream.store.postgres import PostgresDialect
+from turnstream.store.sqlite import SqliteDialect
 
 log = logging.getLogger(__name__)
 

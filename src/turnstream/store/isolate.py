@@ -114,17 +114,14 @@ class Guarded(GroupWrite):
         if not merged:
             return True
         revisions: dict[Key, int] = {}
-        rows = list(merged.values())
+        skipped: list[tuple[Key, BaseException]] = []
+        items = list(merged.items())
         exc: BaseException | None = KNOWN if known_bad else None
-        tried = not known_bad and len(rows) <= STATEMENT_ROWS
+        tried = not known_bad and len(items) <= STATEMENT_ROWS
         if tried:
-            exc = self._savepoint(
-                lambda: revisions.update(
-                    self.dialect.upsert(self.conn, table, rows, self.now, again=True)
-                )
-            )
+            exc = self._savepoint(lambda: self._isolating_upsert(table, items, revisions, skipped))
             if exc is None:
-                count(kind, order, revisions, self.results)
+                self._settle(kind, table, order, revisions, dict(skipped), failed)
                 return True
         if len(batches) > 1 and not isinstance(exc, RowRefused):
             mid = len(batches) // 2
@@ -148,19 +145,48 @@ class Guarded(GroupWrite):
         rows refused, store the rest. `failure`: how writing them all failed (KNOWN: known to
         fail; None: not tried)."""
         revisions: dict[Key, int] = {}
+        skipped: list[tuple[Key, BaseException]] = []
 
         def upsert(chunk: list[tuple[Key, Row]]) -> None:
-            rows = [row for _, row in chunk]
-            revisions.update(self.dialect.upsert(self.conn, table, rows, self.now, again=True))
+            self._isolating_upsert(table, chunk, revisions, skipped)
 
-        items = list(merged.items())
-        refused = {key: exc for (key, _), exc in self._isolate(items, upsert, failure)}
+        isolated = self._isolate(list(merged.items()), upsert, failure)
+        refused = {key: exc for (key, _), exc in isolated}
+        self._settle(kind, table, order, revisions, {**refused, **dict(skipped)}, failed)
+
+    def _isolating_upsert(
+        self,
+        table: sa.Table,
+        items: list[tuple[Key, Row]],
+        revisions: dict[Key, int],
+        skipped: list[tuple[Key, BaseException]],
+    ) -> None:
+        """One isolating upsert. Rows the driver could not even bind (SQLite leaves them out
+        rather than fail the statement) join `skipped`, once the statement went through."""
+        left_out: list[tuple[int, BaseException]] = []
+        rows = [row for _, row in items]
+        revisions.update(
+            self.dialect.upsert(self.conn, table, rows, self.now, again=True, refused=left_out)
+        )
+        skipped += [(items[i][0], exc) for i, exc in left_out]
+
+    def _settle(
+        self,
+        kind: str,
+        table: sa.Table,
+        order: list[Sent],
+        revisions: dict[Key, int],
+        refused: dict[Key, BaseException],
+        failed: dict[int, list[FailedRow]],
+    ) -> None:
+        """Count what was stored; a refused key becomes the FailedRow of the batch that sent
+        it (or, merged from several, of the copies the database refuses one by one)."""
         count(kind, [s for s in order if s.key not in refused], revisions, self.results)
         for key, exc in refused.items():
             sent = [s for s in order if s.key == key]
             if len(sent) == 1:
                 failed[sent[0].batch].append(FailedRow(kind, sent[0].position, refusal(exc)))
-            else:  # sent more than once (merged): find which copy the database refuses
+            else:
                 self._one_by_one(kind, table, sent, failed)
 
     def _isolate(
@@ -239,11 +265,12 @@ class Guarded(GroupWrite):
         for s in sent:
             row = self.batches[s.batch].rows[kind][s.position]
             got: dict[Key, int] = {}
-
-            def upsert(row: Row = row, got: dict[Key, int] = got) -> None:
-                got.update(self.dialect.upsert(self.conn, table, [row], self.now, again=True))
-
-            exc = self._savepoint(upsert)
+            skipped: list[tuple[Key, BaseException]] = []
+            exc = self._savepoint(
+                functools.partial(self._isolating_upsert, table, [(s.key, row)], got, skipped)
+            )
+            if exc is None and skipped:
+                exc = skipped[0][1]
             if exc is not None:
                 failed[s.batch].append(FailedRow(kind, s.position, refusal(exc)))
                 continue

@@ -151,11 +151,13 @@ class PostgresDialect(SqlDialect):
         now: dt.datetime,
         *,
         again: bool = False,
+        refused: list[tuple[int, BaseException]] | None = None,
     ) -> dict[Key, int]:
         """`again`: an upsert of poison isolation, one of several of this table in the
         transaction. It stages its rows in isolate_* and takes them out as it reads them, so
         the next one starts from an empty stage; and it always goes through COPY, small or not,
-        because COPY names a refused row (RowRefused)."""
+        because COPY names a refused row (RowRefused). `refused` is not used: a refused row
+        fails the COPY (which cannot go on past it), so it is always RowRefused."""
         cols = key_columns(table) + data_columns(table) + list(BOOKKEEPING)
         values = ([r.get(c) for c in cols[:-3]] + [1, now, now] for r in rows)
         nkeys = len(key_columns(table))

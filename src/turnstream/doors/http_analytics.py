@@ -150,6 +150,14 @@ def granite_answer(d: pb.GetDashboardResponse) -> dict[str, Any]:
     }
 
 
+def _group_by(request: Request) -> tuple[str, Any]:
+    """Kubiya's `group_by` query parameter (day, week, month) and its bucket granularity."""
+    group_by = request.query_params.get("group_by", "day")
+    if group_by not in ("day", "week", "month"):
+        raise _bad("group_by", "must be one of day, week, month")
+    return group_by, pb.Granularity.Value(f"GRANULARITY_{group_by.upper()}")
+
+
 def _days(request: Request) -> int:
     raw = request.query_params.get("days", "30")
     try:
@@ -231,10 +239,7 @@ def routes_for(calls: AnalyticsCalls) -> Callable[[HttpContext], list[BaseRoute]
 
     async def costs(ctx: HttpContext, request: Request) -> Response:
         days = _days(request)
-        group_by = request.query_params.get("group_by", "day")
-        if group_by not in ("day", "week", "month"):
-            raise _bad("group_by", "must be one of day, week, month")
-        granularity = pb.Granularity.Value(f"GRANULARITY_{group_by.upper()}")
+        group_by, granularity = _group_by(request)
         d = await run(calls.get_dashboard, _last_days(days, granularity), ctx.tenant_of(request))
         periods: dict[str, dict[str, Any]] = {}
         for m in d.models_over_time:
@@ -279,10 +284,7 @@ def routes_for(calls: AnalyticsCalls) -> Callable[[HttpContext], list[BaseRoute]
 
     async def aem_trends(ctx: HttpContext, request: Request) -> Response:
         days = _days(request)
-        group_by = request.query_params.get("group_by", "day")
-        if group_by not in ("day", "week", "month"):
-            raise _bad("group_by", "must be one of day, week, month")
-        granularity = pb.Granularity.Value(f"GRANULARITY_{group_by.upper()}")
+        group_by, granularity = _group_by(request)
         d = await run(calls.get_dashboard, _last_days(days, granularity), ctx.tenant_of(request))
         periods: dict[str, dict[str, Any]] = {}
         for m in d.models_over_time:

@@ -40,7 +40,7 @@ class Settings:
     # of requests being prepared at once (admission before the pipeline: bounded memory).
     max_message_bytes: int = 16 * 1024 * 1024
     max_request_records: int = 100_000
-    max_inflight_bytes: int = 32 * 1024 * 1024
+    max_inflight_bytes: int = 16 * 1024 * 1024
     # Streams: an Append call that sends no `open` within this many seconds is closed.
     open_timeout: float = 30.0
     # HTTP listener: most open connections, and seconds an idle keep-alive or a request that

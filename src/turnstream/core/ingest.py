@@ -20,7 +20,7 @@ from turnstream.v1 import ingest_pb2
 # held for more than a few milliseconds (other callers' latency), rows exist for one chunk at a
 # time (memory), and each chunk commits in its own transaction, interleaved with other callers'.
 # A Write was never atomic (partial success), and a retry after a failure half-way merges.
-CHUNK_RECORDS = 500
+CHUNK_RECORDS = 250
 
 
 class Sink(Protocol):

@@ -48,6 +48,7 @@ from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from google.protobuf.message import Message
 from google.rpc.error_details_pb2 import BadRequest
 
+from turnstream.formats.values import integral
 from turnstream.v1 import records_pb2
 
 FieldViolation = BadRequest.FieldViolation
@@ -460,24 +461,9 @@ def _untext(text: str, marks: Any) -> Any:
 
 
 def _struct(struct: struct_pb2.Struct) -> dict[str, Any]:
-    return _integral(json_format.MessageToDict(struct))  # type: ignore[no-any-return]
+    return integral(json_format.MessageToDict(struct))  # type: ignore[no-any-return]
 
 
-def _integral(value: Any) -> Any:
-    """Struct keeps every number as a double: 8192.0 goes back as 8192, as it was sent."""
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _integral(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_integral(v) for v in value]
-    return value
-
-
-# --- violations in HoneyHive's words ---------------------------------------------------------
-
-# The core names record fields; a HoneyHive client knows its event's. Structs keyed by HoneyHive
-# names (inputs, outputs, metadata) drop out of a path: metadata.config.x is the event's config.x.
 HONEYHIVE_NAMES = {
     "started_at": "start_time",
     "completed_at": "end_time",

@@ -37,6 +37,7 @@ from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 from google.protobuf.message import Message
 
+from turnstream.formats.values import integral
 from turnstream.v1 import ingest_pb2, records_pb2
 
 M = TypeVar("M", bound=Message)
@@ -443,7 +444,7 @@ def _value_to_json(field: FieldDescriptor, value: Any) -> Any:
     if kind == "timestamp":
         return value.ToJsonString()
     if kind == "struct":
-        return _integral(json_format.MessageToDict(value))
+        return integral(json_format.MessageToDict(value))
     if kind == "message":
         return message_to_json(value)
     if kind == "enum":
@@ -451,20 +452,6 @@ def _value_to_json(field: FieldDescriptor, value: Any) -> Any:
         return _enum_out(field.enum_type).get(value, value)
     return value
 
-
-def _integral(value: Any) -> Any:
-    """Struct stores every number as a double; write 8192.0 back as 8192, as it was most likely
-    sent (JSON does not tell them apart, people reading it do)."""
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _integral(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_integral(v) for v in value]
-    return value
-
-
-# --- answers ------------------------------------------------------------------------------------
 
 _PATH_PART = re.compile(r"\[(\d+)\]|\['((?:[^'\\]|\\.)*)'\]|\[\"((?:[^\"\\]|\\.)*)\"\]|([^.\[\]]+)")
 # Our violation reasons as pydantic error types, where pydantic has one.

@@ -14,24 +14,20 @@ import argparse
 import asyncio
 import datetime as dt
 import random
-import shutil
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import grpc
 import sqlalchemy as sa
 
+from bench.run import scratch_database
 from turnstream.config import Settings
 from turnstream.demo import Spec, fill
 from turnstream.server import Server
 from turnstream.store.engine import create_engine, migrate
 from turnstream.v1 import analytics_pb2 as pb
 from turnstream.v1 import analytics_pb2_grpc
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def counts(url: str) -> dict[str, int]:
@@ -140,23 +136,10 @@ def main() -> int:
         print("\n".join(asyncio.run(bench(dialect, args.database_url, args))))
         return 0
     report = [f"## Read side, {time.strftime('%Y-%m-%d %H:%M')}"]
-    tmp = Path(tempfile.mkdtemp(prefix="turnstream-bench-"))
-    try:
-        if args.dialect in ("postgresql", "both"):
-            sys.path.insert(0, str(ROOT))
-            from tests.pgserver import PgServer
-
-            pg = PgServer()
-            pg.start()
-            try:
-                report += asyncio.run(bench("postgresql", pg.create_database("bench"), args))
-            finally:
-                pg.stop()
-                pg.cleanup()
-        if args.dialect in ("sqlite", "both"):
-            report += asyncio.run(bench("sqlite", f"sqlite:///{tmp}/bench.db", args))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    for dialect in ("postgresql", "sqlite"):
+        if args.dialect in (dialect, "both"):
+            with scratch_database(dialect, "bench") as url:
+                report += asyncio.run(bench(dialect, url, args))
     print("\n".join(report))
     return 0
 

@@ -1,4 +1,4 @@
-"""Entrypoint: the `turnstream` command (serve, migrate, send)."""
+"""Entrypoint: the `turnstream` command (serve, migrate, keys, send, demo)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from turnstream import __version__
+from turnstream import __version__, keys_cli
 from turnstream.config import Settings
 
 DESCRIPTION = """\
@@ -115,6 +115,18 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="processes sharing the ports, one core each (use with PostgreSQL) [1]",
     )
+    serve.add_argument(
+        "--auth",
+        choices=["auto", "required"],
+        help="auto: with no API key created, a loopback-only server takes calls without a key "
+        "as tenant 'default'; required: every call needs a key [auto]",
+    )
+    serve.add_argument(
+        "--auth-cache-ttl",
+        type=float,
+        metavar="SECONDS",
+        help="how long a key check is cached: a revoked key stops working within this [5]",
+    )
     serve.add_argument("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING, ERROR [INFO]")
     serve.add_argument("--log-format", choices=["text", "json"], help="log line format [text]")
 
@@ -144,6 +156,7 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument(
         "--timeout", type=float, default=30.0, metavar="SECONDS", help="per-request deadline [30]"
     )
+    keys_cli.add_parser(sub, _db_flag)
     demo = sub.add_parser(
         "demo",
         help="fill the database with realistic generated executions",
@@ -186,6 +199,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             migrate(engine)
             print(f"database {engine.url.render_as_string(hide_password=True)} is up to date")
             return 0
+        if args.command == "keys":
+            settings = Settings.from_env(database_url=args.database_url)
+            _setup_logging("WARNING", "text")
+            return keys_cli.run(args, settings.database_url)
         if args.command == "demo":
             settings = Settings.from_env(database_url=args.database_url)
             _setup_logging("WARNING", "text")

@@ -57,6 +57,12 @@ class Settings:
     workers: int = 1
     # Set for the processes of a --workers group: share the listening ports.
     reuse_port: bool = False
+    # API keys (docs/auth.md): "auto" lets a server bound to loopback only, with no keys created,
+    # take calls without a key (tenant "default"); "required" always demands a key.
+    auth: str = "auto"
+    # Seconds a key check (positive or negative) is cached per process: the bound on how long a
+    # revoked key keeps working on a replica that has just checked it.
+    auth_cache_ttl: float = 5.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

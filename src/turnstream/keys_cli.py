@@ -102,7 +102,8 @@ def _row(r: KeyRecord) -> dict[str, object]:
     }
 
 
-def run(args: argparse.Namespace, database_url: str, out: TextIO = sys.stdout) -> int:
+def run(args: argparse.Namespace, database_url: str, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
     from turnstream.store.engine import create_engine, migrate
     from turnstream.store.keys import KeyStore
 

@@ -111,7 +111,7 @@ class Server:
         exist = await asyncio.to_thread(keys.any_active_now)
         listeners = {"gRPC": s.grpc_addr, "HTTP": s.http_addr}
         anonymous = anonymous_allowed(s.auth, listeners, exist)
-        if anonymous:
+        if anonymous and not exist:
             log.warning(
                 "no API key exists: calls without a key are taken as tenant 'default' (loopback "
                 "only); `turnstream keys create` turns this off"

@@ -257,7 +257,7 @@ async def test_revoking_a_key_ends_its_open_append_stream(database_url: str) -> 
                 await client.write({"execution_id": "e2"})
 
 
-# -- anonymous mode ----------------------------------------------------------------------------------
+# -- anonymous mode --------------------------------------------------------------------------------
 
 
 async def test_anonymous_on_loopback_until_a_key_exists(database_url: str) -> None:
@@ -270,7 +270,7 @@ async def test_anonymous_on_loopback_until_a_key_exists(database_url: str) -> No
             assert r.status_code == 200, r.text
             key, _ = make_key(database_url, "acme")
             async with asyncio.timeout(30):
-                while (await c.get("/v1/executions/anon-1")).status_code == 200:
+                while (await c.get("/v1/executions/anon-1")).status_code == 200:  # noqa: ASYNC110
                     await asyncio.sleep(TTL / 3)
             r = await c.get("/v1/executions/anon-1")
             assert r.status_code == 401
@@ -302,7 +302,7 @@ def test_refuses_to_start_on_a_public_address_without_keys(database_url: str) ->
     assert "Traceback" not in out.stderr
 
 
-# -- the CLI -----------------------------------------------------------------------------------------
+# -- the CLI ---------------------------------------------------------------------------------------
 
 
 def test_keys_create_list_revoke(database_url: str, capsys: pytest.CaptureFixture[str]) -> None:

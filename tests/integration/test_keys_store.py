@@ -31,7 +31,7 @@ async def test_a_keys_life(database_url: str) -> None:
         migrate(engine)
         keys = KeyStore(engine)
         assert keys.any_active_now() is False
-        made, record = keys.create("acme", "read,ingest", "ci")
+        made, _ = keys.create("acme", "read,ingest", "ci")
         found = await keys.find(made.key_id)
         assert found is not None and found.secret_hash == made.secret_hash
         assert found.secret_hash == hash_secret(made.key.split("_", 2)[2])

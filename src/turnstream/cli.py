@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -156,6 +157,11 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument(
         "--timeout", type=float, default=30.0, metavar="SECONDS", help="per-request deadline [30]"
     )
+    send.add_argument(
+        "--api-key",
+        metavar="KEY",
+        help="API key with the ingest scope (docs/auth.md) [$TURNSTREAM_API_KEY]",
+    )
     keys_cli.add_parser(sub, _db_flag)
     demo = sub.add_parser(
         "demo",
@@ -214,7 +220,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             _setup_logging("WARNING", "text")
             from turnstream.send import send_files
 
-            summary = asyncio.run(send_files(args.files, args.target, timeout=args.timeout))
+            # A key on the command line shows in `ps`; the variable does not.
+            key = args.api_key or os.environ.get("TURNSTREAM_API_KEY")
+            metadata = [("authorization", f"Bearer {key}")] if key else []
+            summary = asyncio.run(
+                send_files(args.files, args.target, timeout=args.timeout, metadata=metadata)
+            )
             return 1 if (summary.rejected or summary.failed_files) else 0
     except (ValueError, OSError) as exc:
         print(f"turnstream: error: {exc}", file=sys.stderr)

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
 import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -345,3 +347,19 @@ def test_keys_help_explains_the_format_and_scopes() -> None:
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     assert "Authorization: Bearer" in out and "--scopes" in out and "UserKey" in out
+
+
+async def test_send_takes_the_key_from_the_environment(database_url: str) -> None:
+    key, _ = make_key(database_url, "acme", "ingest")
+    batch = Path(__file__).parents[2] / "examples" / "kubiya_batch.json"
+    async with running_server(database_url) as server:
+        for env, code in (({}, 1), ({"TURNSTREAM_API_KEY": key}, 0)):
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "turnstream.cli", "send", str(batch),
+                "--target", f"127.0.0.1:{server.grpc_port}",
+                env={**os.environ, **env}, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+            )  # fmt: skip
+            out, _ = await proc.communicate()
+            assert proc.returncode == code, out.decode()
+    assert {r["tenant_id"] for r in rows(database_url, "turns")} == {"acme"}

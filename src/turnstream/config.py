@@ -152,9 +152,33 @@ _AT_LEAST_ONE = (
 )
 
 
+# Settings `serve` also takes as flags (cli.py; tests/ops/test_config.py holds the two equal).
+FLAGS = {
+    "grpc_addr": "--grpc-addr",
+    "http_addr": "--http-addr",
+    "database_url": "--database-url",
+    "prices_file": "--prices-file",
+    "auto_migrate": "--no-migrate",
+    "shutdown_grace": "--shutdown-grace",
+    "db_timeout": "--db-timeout",
+    "http_timeout": "--http-timeout",
+    "http_max_connections": "--http-max-connections",
+    "workers": "--workers",
+    "log_level": "--log-level",
+    "log_format": "--log-format",
+    "reflection": "--no-reflection",
+    "metrics": "--no-metrics",
+    "tls_cert": "--tls-cert",
+    "tls_key": "--tls-key",
+    "tls_client_ca": "--tls-client-ca",
+}
+
+
 def setting_name(name: str) -> str:
-    """How a user sets it: the flag or the variable."""
-    return f"{name} (--{name.replace('_', '-')} / {ENV_PREFIX}{name.upper()})"
+    """How a user sets it: the variable, and the flag when there is one."""
+    flag = FLAGS.get(name)
+    where = f"{flag} / {ENV_PREFIX}{name.upper()}" if flag else f"{ENV_PREFIX}{name.upper()}"
+    return f"{name} ({where})"
 
 
 def _problems(s: Settings) -> list[str]:

@@ -4,8 +4,9 @@ so a call costs a few counter updates on cached label children and two clock rea
 
 Stream messages are counted where they pass: an async-iterator request is wrapped; a coroutine
 handler that reads and writes through its context (Append does: it reads and answers from two
-tasks) gets a thin context that counts `read()` and `write()` and hands everything else to the
-real one. Unary calls count one message each way without any wrapping."""
+tasks) gets a thin context that counts `read()` and `write()` in plain ints, added to the
+counters every FLUSH_EVERY messages and at the end, and hands everything else to the real one.
+Unary calls count one message each way without any wrapping. Cost: bench/metrics_cost.py."""
 
 from __future__ import annotations
 
@@ -58,24 +59,43 @@ def _code(context: Any, exc: BaseException | None) -> str:
     return str(_CODE_NAMES.get(int(code), "UNKNOWN"))
 
 
+# A stream's message counts reach the counters every this many messages and at its end: a
+# plain int increment per message instead of a locked counter update (0.8 µs measured).
+FLUSH_EVERY = 64
+
+
 class _CountingContext:
     """A servicer context whose read() and write() count messages (coroutine-style streams)."""
 
-    __slots__ = ("_context", "_method")
+    __slots__ = ("_context", "_method", "received", "sent")
 
     def __init__(self, context: Any, method: _Method) -> None:
         self._context = context
         self._method = method
+        self.received = 0
+        self.sent = 0
 
     async def read(self) -> Any:
         message = await self._context.read()
         if message is not grpc.aio.EOF:
-            self._method.received.inc()
+            self.received += 1
+            if self.received >= FLUSH_EVERY:
+                self.flush()
         return message
 
     async def write(self, message: Any) -> None:
         await self._context.write(message)
-        self._method.sent.inc()
+        self.sent += 1
+        if self.sent >= FLUSH_EVERY:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.received:
+            self._method.received.inc(self.received)
+            self.received = 0
+        if self.sent:
+            self._method.sent.inc(self.sent)
+            self.sent = 0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._context, name)
@@ -163,11 +183,14 @@ def _streaming(inner: Callable[..., Any], method: _Method, *, client_streams: bo
         else:
             method.received.inc()
         began = time.perf_counter()
+        counting = _CountingContext(context, method)
         try:
-            result = await inner(request, _CountingContext(context, method))
+            result = await inner(request, counting)
         except BaseException as exc:
+            counting.flush()
             method.done(_code(context, exc), began)
             raise
+        counting.flush()
         method.done(_code(context, None), began)
         return result
 

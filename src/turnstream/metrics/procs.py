@@ -22,20 +22,20 @@ ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 def prepare(settings: Settings) -> Settings:
     """Before prometheus_client is imported. The first process of a --workers group creates
-    the directory (or empties the one given: files of an earlier run would be summed in);
-    its workers inherit it through settings.metrics_dir."""
+    the directory, or empties the one given (files of an earlier run would be summed in); its
+    workers (reuse_port set) inherit it through settings.metrics_dir and leave it alone."""
     if not settings.metrics:
         return settings
     directory = settings.metrics_dir
-    if directory is None and settings.workers > 1:
+    if directory is None:
+        if settings.workers <= 1:
+            return settings  # one process: its own registry, nothing to share
         directory = Path(tempfile.mkdtemp(prefix="turnstream-metrics-"))
         atexit.register(shutil.rmtree, directory, ignore_errors=True)
-    elif directory is not None and settings.workers > 1:
+    elif not settings.reuse_port:
         directory.mkdir(parents=True, exist_ok=True)
         for stale in directory.glob("*.db"):
             stale.unlink()
-    if directory is None:
-        return settings
     os.environ[ENV] = str(directory)
     return dataclasses.replace(settings, metrics_dir=directory)
 

@@ -18,7 +18,6 @@ import logging
 import os
 import signal
 import socket
-import ssl
 import subprocess
 import sys
 import threading
@@ -56,6 +55,7 @@ from turnstream.store.analytics_reads import AnalyticsReads
 from turnstream.store.engine import create_engine, migrate
 from turnstream.store.queries import Reads
 from turnstream.store.writer import Writer
+from turnstream.tls import grpc_credentials, http_tls
 from turnstream.v1 import analytics_pb2, analytics_pb2_grpc, ingest_pb2, ingest_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -384,30 +384,6 @@ async def serve(settings: Settings) -> None:
     # A database call stuck in the driver (a frozen server) is left on its daemon thread: it
     # cannot hold the process, and what it was doing was never acked.
     log.info("stopped")
-
-
-def grpc_credentials(settings: Settings) -> grpc.ServerCredentials | None:
-    """TLS for the gRPC port, with client certificates required when a client CA is set."""
-    if settings.tls_cert is None or settings.tls_key is None:
-        return None
-    client_ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca else None
-    return grpc.ssl_server_credentials(
-        [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())],
-        root_certificates=client_ca,
-        require_client_auth=client_ca is not None,
-    )
-
-
-def http_tls(settings: Settings) -> ssl.SSLContext | None:
-    """The same TLS (and mTLS) for the HTTP port."""
-    if settings.tls_cert is None or settings.tls_key is None:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(settings.tls_cert, settings.tls_key)
-    if settings.tls_client_ca is not None:
-        context.load_verify_locations(cafile=settings.tls_client_ca)
-        context.verify_mode = ssl.CERT_REQUIRED
-    return context
 
 
 async def _every(seconds: float, fn: Callable[[], None]) -> None:

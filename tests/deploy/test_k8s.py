@@ -7,6 +7,7 @@ from typing import Any
 
 import grpc
 import httpx
+import kubernetes_validate
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -24,6 +25,18 @@ PORTS = {p["name"]: p["containerPort"] for p in SERVER["ports"]}
 POD_LABELS = DEPLOYMENT["spec"]["template"]["metadata"]["labels"]
 # What the server will run with: its defaults, then the manifest's TURNSTREAM_* values.
 SETTINGS = Settings.from_env({k: v for k, v in ENV.items() if isinstance(v, str)})
+
+
+# Native gRPC probes are GA from Kubernetes 1.27; the newest schemas the package knows too.
+KUBERNETES_VERSIONS = ["1.27.0", kubernetes_validate.latest_version()]
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+@pytest.mark.parametrize(("kind", "name"), sorted(OBJECTS))
+def test_every_object_is_valid_kubernetes(kind: str, name: str, version: str) -> None:
+    """Strict: a misspelt or misplaced field (`readinesProbe`, a probe's `grpc.service` on
+    the wrong level) is an error here, not a field the API server silently drops."""
+    kubernetes_validate.validate(OBJECTS[kind, name], version, strict=True)
 
 
 def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:

@@ -164,6 +164,15 @@ def test_the_doc_classifies_every_table_and_only_real_ones() -> None:
     assert unknown == set(), "docs/scaling.md lists tables the schema does not have"
 
 
+def test_tables_that_say_their_distribution_agree_with_the_doc() -> None:
+    """A table may carry info={"distribution": ...} in store/schema.py; it must say what the
+    doc says."""
+    for table in schema.metadata.tables.values():
+        said = table.info.get("distribution")
+        if said is not None:
+            assert said == KINDS.get(table.name), table.name
+
+
 def test_schema_keys_lead_with_tenant_and_no_foreign_key_crosses_tenants() -> None:
     assert violations(shapes_of_metadata(schema.metadata), KINDS) == []
 

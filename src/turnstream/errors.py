@@ -117,9 +117,9 @@ def http_error(st: status_pb2.Status) -> tuple[int, dict[str, Any], dict[str, st
         }
     }
     headers = {}
-    seconds = retry_after_seconds(st)
-    if seconds is not None:
-        headers["Retry-After"] = str(seconds)
+    delay = retry_after_of(st)
+    if delay is not None:
+        headers["Retry-After"] = str(max(1, round(delay + 0.499)))
     return http, body, headers
 
 

@@ -27,7 +27,7 @@ from tests.integration.test_chaos import small_turn
 from tests.pgserver import PgServer, free_port
 from tests.serving import running_server
 from turnstream.client import Client, StreamWriter
-from turnstream.config import Settings, split_addr
+from turnstream.config import MAX_HEARTBEAT, Settings, split_addr
 from turnstream.server import SERVICE
 from turnstream.v1 import ingest_pb2, ingest_pb2_grpc
 
@@ -59,8 +59,10 @@ def descriptor_set() -> descriptor_pb2.FileDescriptorSet:
 def test_stream_idle_timeout_is_above_the_heartbeat() -> None:
     heartbeat = Settings().heartbeat_interval
     # An idle but healthy Append stream sends a heartbeat each interval; the proxy's idle
-    # timeout must leave room for at least one late heartbeat.
+    # timeout must leave room for at least one late heartbeat, and stay above the longest
+    # heartbeat the server accepts at all.
     assert seconds(HCM["stream_idle_timeout"]) >= 2 * heartbeat
+    assert seconds(HCM["stream_idle_timeout"]) > MAX_HEARTBEAT
     route = route_for(APPEND, grpc=True)["route"]
     if "idle_timeout" in route:
         assert seconds(route["idle_timeout"]) >= 2 * heartbeat

@@ -103,6 +103,13 @@ def test_termination_grace_covers_prestop_and_the_drain() -> None:
     )
 
 
+def test_prometheus_scrapes_the_http_port() -> None:
+    annotations = DEPLOYMENT["spec"]["template"]["metadata"]["annotations"]
+    assert int(annotations["prometheus.io/port"]) == PORTS["http"]
+    assert annotations["prometheus.io/path"] == "/metrics"
+    assert SETTINGS.metrics is True
+
+
 def test_database_url_comes_from_a_secret_and_migrations_from_the_job() -> None:
     ref = ENV["TURNSTREAM_DATABASE_URL"]["secretKeyRef"]
     assert ref["name"] and ref["key"]
@@ -171,7 +178,7 @@ def test_the_pod_and_job_use_the_service_account() -> None:
 
 async def test_the_probes_answer_on_a_real_server(sqlite_url: str) -> None:
     """The probes as the kubelet sends them, to a real server: gRPC health of the readiness
-    probe's service, and the liveness path."""
+    probe's service, the liveness path, and the scrape path."""
     async with running_server(sqlite_url) as server:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
             answer = await health_pb2_grpc.HealthStub(channel).Check(
@@ -179,6 +186,10 @@ async def test_the_probes_answer_on_a_real_server(sqlite_url: str) -> None:
             )
         assert answer.status == health_pb2.HealthCheckResponse.SERVING
         path = SERVER["livenessProbe"]["httpGet"]["path"]
+        metrics = DEPLOYMENT["spec"]["template"]["metadata"]["annotations"]["prometheus.io/path"]
         async with httpx.AsyncClient() as client:
             alive = await client.get(f"http://127.0.0.1:{server.http_port}{path}")
+            scraped = await client.get(f"http://127.0.0.1:{server.http_port}{metrics}")
         assert alive.status_code == 200
+        assert scraped.status_code == 200
+        assert "grpc_server_handled_total" in scraped.text

@@ -3,6 +3,7 @@ generator, and print committed-and-acked records/s, ack latency, and the ratio t
 database's raw ceiling, measured in the same run.
 
     python -m bench.run [--dialect postgresql|sqlite|both] [--streams 8] [--records 20000]
+    python -m bench.run --auth [--auth-rounds 3]   # the same load with API keys off and on
 """
 
 from __future__ import annotations
@@ -177,12 +178,28 @@ def main() -> int:
     p.add_argument("--single-records", type=int, default=2_000)
     p.add_argument("--single-window", type=int, default=16)
     p.add_argument("--ceiling-records", type=int, default=100_000)
+    p.add_argument(
+        "--auth",
+        action="store_true",
+        help="instead: the same load on a server without keys and on one with a key the load "
+        "generator sends (bench/auth.py), alternately, medians",
+    )
+    p.add_argument("--auth-rounds", type=int, default=3)
+    p.add_argument("--unary-calls", type=int, default=100, help="Write calls per caller (--auth)")
     args = p.parse_args()
     report = [
         f"## Run of {time.strftime('%Y-%m-%d %H:%M')} on {os.cpu_count()} cores, "
         f"Python {platform.python_version()}",
         f"\n`python -m bench.run {' '.join(sys.argv[1:])}`".rstrip() + "\n",
     ]
+    if args.auth:
+        from bench.auth import compare
+
+        for dialect in ("postgresql", "sqlite"):
+            if args.dialect in (dialect, "both"):
+                report += compare(dialect, args)
+        print("\n".join(report))
+        return 0
     tmp = Path(tempfile.mkdtemp(prefix="turnstream-bench-"))
     try:
         if args.dialect in ("postgresql", "both"):

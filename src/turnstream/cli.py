@@ -1,4 +1,4 @@
-"""Entrypoint: the `turnstream` command (serve, config, migrate, send, demo)."""
+"""Entrypoint: the `turnstream` command (serve, config, migrate, keys, send, demo)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ import asyncio
 import datetime as dt
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from turnstream import __version__, logctx
+from turnstream import __version__, keys_cli, logctx
 from turnstream.config import ENV_PREFIX, Settings, masked
 
 DESCRIPTION = """\
@@ -122,6 +123,12 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument(
         "--timeout", type=float, default=30.0, metavar="SECONDS", help="per-request deadline [30]"
     )
+    send.add_argument(
+        "--api-key",
+        metavar="KEY",
+        help="API key with the ingest scope (docs/auth.md) [$TURNSTREAM_API_KEY]",
+    )
+    keys_cli.add_parser(sub, _db_flag)
     demo = sub.add_parser(
         "demo",
         help="fill the database with realistic generated executions",
@@ -186,6 +193,18 @@ def _serve_flags(serve: argparse.ArgumentParser) -> None:
         metavar="N",
         help="processes sharing the ports, one core each (use with PostgreSQL) [1]",
     )
+    serve.add_argument(
+        "--auth",
+        choices=["auto", "required"],
+        help="auto: with no API key created, a loopback-only server takes calls without a key "
+        "as tenant 'default'; required: every call needs a key [auto]",
+    )
+    serve.add_argument(
+        "--auth-cache-ttl",
+        type=float,
+        metavar="SECONDS",
+        help="how long a key check is cached: a revoked key stops working within this [5]",
+    )
     serve.add_argument("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING, ERROR [INFO]")
     serve.add_argument("--log-format", choices=["text", "json"], help="log line format [text]")
     serve.add_argument(
@@ -249,6 +268,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             migrate(engine)
             print(f"database {engine.url.render_as_string(hide_password=True)} is up to date")
             return 0
+        if args.command == "keys":
+            settings = Settings.from_env(database_url=args.database_url)
+            _setup_logging("WARNING", "text")
+            return keys_cli.run(args, settings.database_url)
         if args.command == "demo":
             settings = Settings.from_env(database_url=args.database_url)
             _setup_logging("WARNING", "text")
@@ -260,7 +283,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             _setup_logging("WARNING", "text")
             from turnstream.send import send_files
 
-            summary = asyncio.run(send_files(args.files, args.target, timeout=args.timeout))
+            # A key on the command line shows in `ps`; the variable does not.
+            key = args.api_key or os.environ.get("TURNSTREAM_API_KEY")
+            metadata = [("authorization", f"Bearer {key}")] if key else []
+            summary = asyncio.run(
+                send_files(args.files, args.target, timeout=args.timeout, metadata=metadata)
+            )
             return 1 if (summary.rejected or summary.failed_files) else 0
     except InvalidSettings as exc:
         print(f"turnstream: error: {exc}", file=sys.stderr)

@@ -73,6 +73,12 @@ class Settings:
     # Where the processes of a --workers group write their metrics, summed on every scrape
     # (metrics/procs.py). `serve --workers N` creates a temporary one when unset.
     metrics_dir: Path | None = None
+    # API keys (docs/auth.md): "auto" lets a server bound to loopback only, with no keys created,
+    # take calls without a key (tenant "default"); "required" always demands a key.
+    auth: str = "auto"
+    # Seconds a key check (positive or negative) is cached per process: the bound on how long a
+    # revoked key keeps working on a replica that has just checked it.
+    auth_cache_ttl: float = 5.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -135,8 +141,15 @@ def split_addr(addr: str) -> tuple[str, int]:
 MAX_HEARTBEAT = 60.0
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("text", "json")
+AUTH_MODES = ("auto", "required")  # docs/auth.md
 # Settings that must be > 0 (seconds) and >= 1 (counts, bytes).
-_POSITIVE_SECONDS = ("db_timeout", "http_timeout", "open_timeout", "heartbeat_interval")
+_POSITIVE_SECONDS = (
+    "db_timeout",
+    "http_timeout",
+    "open_timeout",
+    "heartbeat_interval",
+    "auth_cache_ttl",
+)
 _AT_LEAST_ONE = (
     "max_batch_records",
     "max_batch_bytes",
@@ -171,6 +184,8 @@ FLAGS = {
     "tls_cert": "--tls-cert",
     "tls_key": "--tls-key",
     "tls_client_ca": "--tls-client-ca",
+    "auth": "--auth",
+    "auth_cache_ttl": "--auth-cache-ttl",
 }
 
 
@@ -227,6 +242,8 @@ def _problems(s: Settings) -> list[str]:
         bad("log_level", f"must be one of {', '.join(LOG_LEVELS)}, got {s.log_level!r}")
     if s.log_format not in LOG_FORMATS:
         bad("log_format", f"must be one of {', '.join(LOG_FORMATS)}, got {s.log_format!r}")
+    if s.auth not in AUTH_MODES:
+        bad("auth", f"must be one of {', '.join(AUTH_MODES)}, got {s.auth!r}")
     for name in FILE_FIELDS:
         path = getattr(s, name)
         if path is not None and not _readable(path):

@@ -33,6 +33,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from turnstream.config import Settings, split_addr
+from turnstream.core.auth import Authenticator, anonymous_allowed
 from turnstream.core.pipeline import Pipeline
 from turnstream.core.pricing import PriceTable
 from turnstream.core.service import IngestCalls
@@ -40,6 +41,7 @@ from turnstream.doors import http_analytics, http_honeyhive, http_kubiya, http_n
 from turnstream.doors.admission import Admission
 from turnstream.doors.analytics_calls import AnalyticsCalls
 from turnstream.doors.grpc_analytics import AnalyticsServicer
+from turnstream.doors.grpc_auth import authorizer
 from turnstream.doors.grpc_guard import add_guarded
 from turnstream.doors.grpc_ingest import IngestServicer
 from turnstream.doors.grpc_stream import STOP_TIMEOUT, StreamDoor
@@ -53,6 +55,7 @@ from turnstream.metrics.http import endpoint as metrics_endpoint
 from turnstream.metrics.registry import Metrics
 from turnstream.store.analytics_reads import AnalyticsReads
 from turnstream.store.engine import create_engine, migrate
+from turnstream.store.keys import KeyStore
 from turnstream.store.queries import Reads
 from turnstream.store.writer import Writer
 from turnstream.tls import grpc_credentials, http_tls
@@ -106,6 +109,24 @@ class Server:
         self._health_updates: set[asyncio.Task[None]] = set()
         self.metrics: Metrics | None = None
         self._sampling: asyncio.Task[None] | None = None
+        self.authenticator: Authenticator | None = None
+
+    async def _authenticator(self, engine: sa.Engine) -> Authenticator:
+        """The one key checker of every door (docs/auth.md); refuses to start on an address
+        others can reach while no key exists."""
+        s = self.settings
+        for addr in (s.grpc_addr, s.http_addr):
+            split_addr(addr)  # a malformed address is named as such, before anything else
+        keys = KeyStore(engine)
+        exist = await asyncio.to_thread(keys.any_active_now)
+        listeners = {"gRPC": s.grpc_addr, "HTTP": s.http_addr}
+        anonymous = anonymous_allowed(s.auth, listeners, exist)
+        if anonymous and not exist:
+            log.warning(
+                "no API key exists: calls without a key are taken as tenant 'default' (loopback "
+                "only); `turnstream keys create` turns this off"
+            )
+        return Authenticator(keys, anonymous=anonymous, ttl=s.auth_cache_ttl)
 
     async def start(self) -> None:
         s = self.settings
@@ -113,6 +134,7 @@ class Server:
         self.engine = create_engine(s.database_url, db_timeout=s.db_timeout)
         if s.auto_migrate:
             await asyncio.to_thread(migrate, self.engine)
+        self.authenticator = auth = await self._authenticator(self.engine)
         self.writer = Writer(
             self.engine,
             max_flush_rows=s.max_flush_rows,
@@ -130,7 +152,8 @@ class Server:
         calls = IngestCalls(
             pipeline, self.writer, s.max_request_records, self.writer.committed_offset
         )
-        servicer = IngestServicer(calls, self._streaming)
+        authorize = authorizer(auth)
+        servicer = IngestServicer(calls, self._streaming, authorize, auth.recheck)
 
         # Without --workers a second server on the same port must fail, not silently share it.
         reuse = [("grpc.so_reuseport", 1 if s.reuse_port else 0)]
@@ -153,7 +176,7 @@ class Server:
         reads = Reads(self.engine)
         analytics = AnalyticsCalls(AnalyticsReads(reads))
         analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server(
-            AnalyticsServicer(analytics), self._grpc
+            AnalyticsServicer(analytics, authorize), self._grpc
         )
         if s.reflection:
             reflection.enable_server_reflection(
@@ -180,6 +203,7 @@ class Server:
             self.writer,
             max_body_bytes=s.http_max_body_bytes,
             max_request_records=s.max_request_records,
+            authenticate=auth.authenticate,
             find_task=reads.find_task,
         )
         # Each wire format's JSON routes, composed on the HTTP listener, and their OpenAPI.

@@ -24,8 +24,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from turnstream import errors, logctx
 from turnstream.core import ingest
+from turnstream.core.auth import INGEST, Principal
 from turnstream.core.pipeline import FieldViolation, Pipeline
-from turnstream.core.ports import StoreUnavailable
+from turnstream.core.ports import Failure, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +37,28 @@ async def no_tasks(_tenant: str, _task_id: str) -> tuple[str, str] | None:
     return None
 
 
-def default_tenant(_request: Request) -> str:
-    # Until auth lands every record belongs to tenant "default" (keys are accepted and ignored).
-    return "default"
+# Where `guarded` leaves the authenticated caller in the ASGI scope of a request.
+PRINCIPAL = "turnstream.principal"
+
+# (Authorization value, scope needed) -> the caller, or a Failure (core.auth.Authenticator).
+Authenticate = Callable[[str | None, str], Awaitable[Principal]]
+
+
+async def no_authenticator(_authorization: str | None, _scope: str) -> Principal:
+    # Fail closed: an app composed without an authenticator serves nobody.
+    raise Failure(errors.unauthenticated("no authenticator is configured", "API_KEY_INVALID"))
+
+
+def principal_of(request: Request) -> Principal:
+    """The caller `guarded` authenticated for this request."""
+    principal = request.scope.get(PRINCIPAL)
+    if not isinstance(principal, Principal):
+        raise RuntimeError(f"{request.url.path} is not a guarded route: no caller known")
+    return principal
+
+
+def tenant_of(request: Request) -> str:
+    return principal_of(request).tenant
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,10 +69,15 @@ class HttpContext:
     sink: ingest.Sink
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_request_records: int = 100_000
-    tenant_of: Callable[[Request], str] = default_tenant
+    authenticate: Authenticate = no_authenticator
     # (tenant, task_id) -> (execution_id, task_description) of a stored task, for updates
     # that name a task by its id alone (Kubiya's PATCH /tasks/{task_id}).
     find_task: Callable[[str, str], Awaitable[tuple[str, str] | None]] = no_tasks
+
+    @staticmethod
+    def tenant_of(request: Request) -> str:
+        """The tenant every write and read of this request is bound to (its key's)."""
+        return tenant_of(request)
 
 
 class HttpFailure(Exception):
@@ -164,13 +189,25 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 
 def guarded(
-    ctx: HttpContext, door: str, handler: Handler, answer: Callable[[HttpFailure], Response]
+    ctx: HttpContext,
+    door: str,
+    handler: Handler,
+    answer: Callable[[HttpFailure], Response],
+    scope: str = INGEST,
 ) -> Handler:
-    """Run a route's handler; every failure is answered through `answer` (the format's error
-    shape), its body kept as a dead letter first, and unexpected errors get an incident id.
-    The store being down is a 503 with Retry-After, whatever the format."""
+    """Run a route's handler for an authenticated caller holding `scope` (401/403 otherwise,
+    before anything is read or kept); every failure is answered through `answer` (the format's
+    error shape), its body kept as a dead letter first, and unexpected errors get an incident
+    id. The store being down is a 503 with Retry-After, whatever the format. This is the one
+    door of every JSON route: a route that is not guarded has no tenant to read or write."""
 
     async def endpoint(request: Request) -> Response:
+        try:
+            principal = await ctx.authenticate(request.headers.get("authorization"), scope)
+        except Failure as failure:
+            return answer(HttpFailure(failure.status))
+        request.scope[PRINCIPAL] = principal
+        logctx.bind(tenant=principal.tenant)
         try:
             return await handler(request)
         except HttpFailure as failure:

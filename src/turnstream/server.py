@@ -33,7 +33,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from turnstream.config import Settings, split_addr
-from turnstream.core.auth import Authenticator, anonymous_allowed
+from turnstream.core.auth import INGEST, Authenticator, anonymous_allowed
 from turnstream.core.pipeline import Pipeline
 from turnstream.core.pricing import PriceTable
 from turnstream.core.service import IngestCalls
@@ -170,6 +170,7 @@ class Server:
             self._grpc,
             servicer.malformed,
             Admission(s.max_inflight_bytes),
+            gate=lambda context: authorize(context, INGEST),
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         # The read side: its own connections (Reads), never the writer's.

@@ -30,9 +30,6 @@ from turnstream.v1 import ingest_pb2, records_pb2
 DOC = ROOT / "docs" / "scaling.md"
 SRC = ROOT / "src" / "turnstream"
 TENANT = "tenant_id"
-# Listed in the doc ahead of the change that adds them (API keys, issue 9). Once they exist in
-# the schema they are checked like every other table; until then they may be absent.
-PENDING = {"tenants", "api_keys"}
 # The one place that builds ON CONFLICT targets from a table's columns (checked by calling it).
 DYNAMIC_TARGETS = {("store/dialects.py", "_upsert_tail")}
 MUTABLE = re.compile(
@@ -160,7 +157,7 @@ def violations(shapes: dict[str, Shape], kinds: dict[str, str]) -> list[str]:
 def test_the_doc_classifies_every_table_and_only_real_ones() -> None:
     tables = set(schema.metadata.tables)
     assert tables - set(KINDS) == set(), "classify these tables in docs/scaling.md"
-    unknown = set(KINDS) - tables - {"alembic_version"} - PENDING
+    unknown = set(KINDS) - tables - {"alembic_version"}
     assert unknown == set(), "docs/scaling.md lists tables the schema does not have"
 
 
@@ -186,7 +183,7 @@ def test_the_migrated_database_keeps_the_rules(database_url: str) -> None:
     finally:
         engine.dispose()
     assert violations(shapes, KINDS) == []
-    assert set(KINDS) - set(shapes) <= PENDING
+    assert set(KINDS) - set(shapes) == set()
 
 
 def test_the_checks_catch_what_they_are_for() -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import grpc
 
-from turnstream.doors.analytics_calls import AnalyticsCalls
+from turnstream.core.analytics import AnalyticsCalls
 from turnstream.doors.grpc_answer import answer
 from turnstream.doors.grpc_ingest import TenantOf, default_tenant
 from turnstream.v1 import analytics_pb2 as pb

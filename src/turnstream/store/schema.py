@@ -211,6 +211,38 @@ streams = sa.Table(
     sa.Column("updated_at", UTCDateTime(), nullable=False),
 )
 
+ROLLUP_TOKENS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_creation_tokens",
+                 "total_tokens")  # fmt: skip
+
+# Per-execution rollups for the dashboard, rebuilt from the rows above by the writer in the
+# transaction that stores them (store/rollup.py). No primary key: provider, weight and hour may
+# be NULL; rows are found and replaced by (tenant, execution).
+turn_rollups = sa.Table(
+    "turn_rollups",
+    metadata,
+    _id("tenant_id", nullable=False),
+    _id("execution_id", nullable=False),
+    sa.Column("hour", UTCDateTime()),  # the UTC hour of the turns' started_at
+    _id("model"),
+    _id("model_provider"),
+    sa.Column("model_weight", sa.Double),
+    sa.Column("turns", sa.BigInteger, nullable=False),
+    *(sa.Column(c, sa.BigInteger) for c in ROLLUP_TOKENS),
+    *(sa.Column(c, sa.Double) for c in ("total_cost", "aem_value", "aem_cost", "runtime_minutes")),
+    sa.Index("ix_turn_rollups_execution", "tenant_id", "execution_id"),
+)
+
+tool_rollups = sa.Table(
+    "tool_rollups",
+    metadata,
+    _id("tenant_id", nullable=False),
+    _id("execution_id", nullable=False),
+    _id("tool_name"),
+    sa.Column("calls", sa.BigInteger, nullable=False),
+    sa.Column("successes", sa.BigInteger, nullable=False),
+    sa.Index("ix_tool_rollups_execution", "tenant_id", "execution_id"),
+)
+
 RECORD_TABLES: dict[str, sa.Table] = {
     "execution": executions,
     "turn": turns,

@@ -104,7 +104,7 @@ async def test_the_migration_backfills_rows_stored_before_it(database_url: str) 
     engine = sa.create_engine(database_url)
     try:
         config = alembic_config(engine)
-        command.downgrade(config, "0002")
+        command.downgrade(config, "-1")  # to before 0004_rollups
         assert "turn_rollups" not in sa.inspect(engine).get_table_names()
         migrate(engine)
     finally:

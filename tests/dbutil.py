@@ -40,8 +40,7 @@ def rows(url: str, table: str, **where: Any) -> list[dict[str, Any]]:
 
 
 def _total(values: list[Any]) -> Any:
-    present = [v for v in values if v is not None]
-    return sum(present) if present else None  # SQL's SUM: NULL when every value is NULL
+    return sum(v for v in values if v is not None)  # the rollups count NULL as 0
 
 
 def _hour(value: Any) -> Any:
@@ -51,12 +50,13 @@ def _hour(value: Any) -> Any:
 def rollups_and_recomputed(url: str) -> tuple[dict[Any, Any], dict[Any, Any]]:
     """The writer's dashboard rollups as stored, and the same computed here in plain Python
     from the base rows: equal means every replay, revision and resume left them exact."""
-    from turnstream.store.rollup import TURN_KEYS, TURN_SUMS
+    from turnstream.store.rollup import NO_PROVIDER, NO_WEIGHT, TURN_SUMS
 
     turn_keys = ("tenant_id", "execution_id")
     stored: dict[Any, Any] = {}
     for r in rows(url, "turn_rollups"):
-        key = ("turn", *(r[k] for k in turn_keys), r["hour"], *(r[k] for k in TURN_KEYS))
+        key = ("turn", *(r[k] for k in turn_keys), r["hour"], r["model"], r["model_provider"])
+        key += (r["model_weight"],)
         assert key not in stored, f"two rollup rows for {key}"
         stored[key] = (r["turns"], *(r[c] for c in TURN_SUMS))
     for r in rows(url, "tool_rollups"):
@@ -65,8 +65,10 @@ def rollups_and_recomputed(url: str) -> tuple[dict[Any, Any], dict[Any, Any]]:
         stored[key] = (r["calls"], r["successes"])
     groups: dict[Any, list[dict[str, Any]]] = {}
     for r in rows(url, "turns"):
-        key = ("turn", *(r[k] for k in turn_keys), _hour(r["started_at"]))
-        groups.setdefault((*key, *(r[k] for k in TURN_KEYS)), []).append(r)
+        key = ("turn", *(r[k] for k in turn_keys), _hour(r["started_at"]), r["model"])
+        provider = NO_PROVIDER if r["model_provider"] is None else r["model_provider"]
+        weight = NO_WEIGHT if r["model_weight"] is None else r["model_weight"]
+        groups.setdefault((*key, provider, weight), []).append(r)
     for r in rows(url, "tool_calls"):
         groups.setdefault(("tool", r["tenant_id"], r["execution_id"], r["tool_name"]), []).append(r)
     recomputed: dict[Any, Any] = {}
@@ -85,7 +87,4 @@ def assert_rollups_exact(url: str) -> None:
     stored, recomputed = rollups_and_recomputed(url)
     assert set(stored) == set(recomputed)
     for key, values in recomputed.items():
-        got = stored[key]
-        assert [v is None for v in got] == [v is None for v in values], key
-        present = [(a, b) for a, b in zip(got, values, strict=True) if b is not None]
-        assert [a for a, _ in present] == pytest.approx([b for _, b in present], rel=1e-9), key
+        assert list(stored[key]) == pytest.approx(list(values), rel=1e-9, abs=1e-9), key

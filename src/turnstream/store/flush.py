@@ -99,15 +99,10 @@ def flush(
 def _with_rollups(
     lane: Lane, batches: Sequence[WriteBatch], write: Callable[[Any], list[Result]]
 ) -> Callable[[Any], list[Result]]:
-    """`write`, then the dashboard's rollups of the executions it touched rebuilt from what is
-    now stored (store/rollup.py), in the same transaction: an ack means they agree."""
-
-    def body(conn: Any) -> list[Result]:
-        results = write(conn)
-        rollup.refresh(conn, lane.dialect.name, batches)
-        return results
-
-    return body
+    """`write`, with the dashboard's rollups moved by what it changed (store/rollup.py), in
+    the same transaction: an ack means they agree with the records."""
+    rollups = rollup.Rollups(lane.dialect.name)
+    return lambda conn: rollups.around(conn, batches, write)
 
 
 class Fast(GroupWrite):

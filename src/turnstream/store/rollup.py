@@ -6,99 +6,194 @@ turn count and the sums of every turn figure the dashboard shows. `tool_rollups`
 execution x tool, with the calls and the successes. Their grain keeps the dashboard exact: every
 time bucket is a union of UTC hours, and every filter is on the execution, joined at read time.
 
-They are kept exact by recomputing, not by adding deltas: in the flush's own transaction, after
-the upserts, every execution the flush sent turns or tool calls for has its rollup rows deleted
-and rebuilt from the base rows (a range of the base tables' primary key). A replayed record, a
-record revised with other values, a row the database refused, a batch fenced by a newer stream:
-whatever the base rows now are, the rollup is theirs, and it commits or rolls back with them, so
-an ack still means queryable and consistent.
+They are kept exact by deltas taken from the base rows themselves, in the flush's transaction:
+the contribution of every record key the flush sends is read (grouped, in SQL) before the
+upserts and again after them, and the difference is added to the rollups. A replayed record
+changes nothing (no difference), a record revised with other values moves its contribution
+(subtract old, add new, even to another hour or model), a row the database refused or a batch
+fenced by a newer stream contributes nothing; and all of it commits or rolls back with the
+records, so an ack still means queryable and counted. The cost is proportional to the rows a
+flush sends, not to the size of their executions.
 """
 
 from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from turnstream.core.batch import WriteBatch
+
+T = TypeVar("T")
 
 # The turn figures summed per rollup row (turn_rollups has one column of each name).
 TURN_SUMS = (
     "input_tokens", "output_tokens", "cache_read_tokens", "cache_creation_tokens",
     "total_tokens", "total_cost", "aem_value", "aem_cost", "runtime_minutes",
 )  # fmt: skip
-TURN_KEYS = ("model", "model_provider", "model_weight")
+TURN_KEYS = ("hour", "model", "model_provider", "model_weight")
+TOOL_KEYS = ("tool_name",)
+# Key columns are NOT NULL (they form the primary key). model, started_at and tool_name are
+# required by validation; a provider or weight not sent is stored as '' or -1 — what the
+# dashboard makes of NULL anyway ('' provider; any weight below 0.8 is the basic tier).
+NO_PROVIDER, NO_WEIGHT = "", -1.0
 
-
-def touched(batches: Sequence[WriteBatch]) -> dict[str, list[str]]:
-    """tenant -> the executions the batches sent turns or tool calls for, sorted."""
-    out: defaultdict[str, set[str]] = defaultdict(set)
-    for batch in batches:
-        for kind in ("turn", "tool_call"):
-            out[batch.tenant_id].update(row["execution_id"] for row in batch.rows[kind])
-    return {tenant: sorted(ids) for tenant, ids in out.items() if ids}
+Group = tuple[Any, ...]  # (execution_id, *key values)
+Sums = dict[Group, list[float]]
 
 
 def _hour(dialect: str) -> str:
     if dialect == "postgresql":
-        return "DATE_TRUNC('hour', started_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
+        return (
+            "COALESCE(DATE_TRUNC('hour', started_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', "
+            "TIMESTAMPTZ '1970-01-01 00:00:00+00')"
+        )
     # schema.sqlite_time's text, cut at the hour: still text that sorts and parses as a time.
-    return "STRFTIME('%Y-%m-%d %H:00:00.000000', started_at)"
+    return (
+        "COALESCE(STRFTIME('%Y-%m-%d %H:00:00.000000', started_at), '1970-01-01 00:00:00.000000')"
+    )
 
 
-def _ids(dialect: str, p: str) -> str:
-    # One parameter for any number of executions: PostgreSQL binds a text[]; SQLite reads a
-    # JSON array (no limit on host parameters to reach).
-    return f"= ANY({p})" if dialect == "postgresql" else f"IN (SELECT value FROM json_each({p}))"
-
-
-def rebuilds(dialect: str, where: str) -> list[tuple[str, str]]:
-    """(rollup table, INSERT … SELECT that builds its rows) for the base rows `where` selects."""
-    keys = ", ".join(TURN_KEYS)
-    sums = ", ".join(f"SUM({c})" for c in TURN_SUMS)
-    success = "SUM(CASE WHEN success THEN 1 ELSE 0 END)"
-    return [
-        (
+def _selects(dialect: str) -> dict[str, tuple[str, str, str]]:
+    """kind -> (rollup table, base table, the SELECT list: key expressions then values)."""
+    turn_values = ", ".join(f"SUM(COALESCE({c}, 0))" for c in TURN_SUMS)
+    return {
+        "turn": (
             "turn_rollups",
-            f"""INSERT INTO turn_rollups (tenant_id, execution_id, hour, {keys}, turns,
-                {", ".join(TURN_SUMS)})
-            SELECT tenant_id, execution_id, {_hour(dialect)} AS h, {keys}, COUNT(*), {sums}
-            FROM turns WHERE {where}
-            GROUP BY tenant_id, execution_id, h, {keys}""",
+            "turns",
+            f"""{_hour(dialect)}, COALESCE(model, ''), COALESCE(model_provider, '{NO_PROVIDER}'),
+                COALESCE(model_weight, {NO_WEIGHT}), COUNT(*), {turn_values}""",
         ),
-        (
+        "tool_call": (
             "tool_rollups",
-            f"""INSERT INTO tool_rollups (tenant_id, execution_id, tool_name, calls, successes)
-            SELECT tenant_id, execution_id, tool_name, COUNT(*), {success}
-            FROM tool_calls WHERE {where}
-            GROUP BY tenant_id, execution_id, tool_name""",
+            "tool_calls",
+            "COALESCE(tool_name, ''), COUNT(*), SUM(CASE WHEN success THEN 1 ELSE 0 END)",
         ),
-    ]
+    }
 
 
-def statements(dialect: str, p: str) -> list[str]:
-    """The statements that rebuild both rollups of a tenant's executions; each takes the
-    parameters (tenant, ids)."""
-    where = f"tenant_id = {p} AND execution_id {_ids(dialect, p)}"
+def _columns(kind: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    if kind == "turn":
+        return TURN_KEYS, ("turns", *TURN_SUMS)
+    return TOOL_KEYS, ("calls", "successes")
+
+
+def rebuilds(dialect: str, where: str) -> list[str]:
+    """INSERT … SELECT statements that build both rollups from the base rows `where` selects
+    (the migration's backfill)."""
     out = []
-    for table, insert in rebuilds(dialect, where):
-        out += [f"DELETE FROM {table} WHERE {where}", insert]
+    for kind, (rollup, base, select) in _selects(dialect).items():
+        keys, values = _columns(kind)
+        groups = ", ".join(str(i) for i in range(1, len(keys) + 3))
+        out.append(
+            f"""INSERT INTO {rollup} (tenant_id, execution_id, {", ".join(keys + values)})
+            SELECT tenant_id, execution_id, {select} FROM {base} WHERE {where}
+            GROUP BY {groups}"""
+        )
     return out
 
 
-def refresh(conn: Any, dialect: str, batches: Sequence[WriteBatch]) -> None:
-    """Rebuild the rollups of every execution `batches` touched, on the flush's connection and
-    inside its transaction (a DB-API connection: psycopg or sqlite3)."""
-    found = touched(batches)
-    if not found:
-        return
-    sql = statements(dialect, "%s" if dialect == "postgresql" else "?")
-    cur = conn.cursor()
-    try:
-        for tenant, ids in found.items():
-            bound = ids if dialect == "postgresql" else json.dumps(ids)
-            for statement in sql:
-                cur.execute(statement, (tenant, bound))
-    finally:
-        cur.close()
+class Rollups:
+    """The rollup statements of one dialect, run on the writer's DB-API connection."""
+
+    def __init__(self, dialect: str) -> None:
+        self.pg = dialect == "postgresql"
+        self.p = "%s" if self.pg else "?"
+        self.selects = _selects(dialect)
+
+    def around(self, conn: Any, batches: Sequence[WriteBatch], write: Callable[[Any], T]) -> T:
+        """write(conn), and the rollups moved by what it changed, in the same transaction."""
+        keys = _keys(batches)
+        if not keys:
+            return write(conn)
+        before = {kind: self._sums(conn, kind, by_tenant) for kind, by_tenant in keys.items()}
+        result = write(conn)
+        for kind, by_tenant in keys.items():
+            after = self._sums(conn, kind, by_tenant)
+            for tenant in by_tenant:
+                self._add(conn, kind, tenant, _minus(after[tenant], before[kind][tenant]))
+        return result
+
+    def _sums(self, conn: Any, kind: str, by_tenant: dict[str, list[tuple[str, str]]]) -> Any:
+        """tenant -> group -> summed values of the given (execution_id, record_key) rows."""
+        _, base, select = self.selects[kind]
+        keys, _ = _columns(kind)
+        if self.pg:
+            pairs = f"SELECT * FROM unnest({self.p}::text[], {self.p}::text[])"
+        else:
+            pairs = (
+                "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') "
+                f"FROM json_each({self.p})"
+            )
+        groups = ", ".join(str(i) for i in range(1, len(keys) + 2))
+        statement = f"""SELECT execution_id, {select} FROM {base}
+            WHERE tenant_id = {self.p} AND (execution_id, record_key) IN ({pairs})
+            GROUP BY {groups}"""
+        out: dict[str, Sums] = {}
+        cur = conn.cursor()
+        try:
+            for tenant, pairs_of in by_tenant.items():
+                if self.pg:
+                    params: tuple[Any, ...] = (
+                        tenant,
+                        [e for e, _ in pairs_of],
+                        [k for _, k in pairs_of],
+                    )
+                else:
+                    params = (tenant, json.dumps(pairs_of))
+                cur.execute(statement, params)
+                width = len(keys) + 1
+                out[tenant] = {tuple(r[:width]): list(r[width:]) for r in cur.fetchall()}
+        finally:
+            cur.close()
+        return out
+
+    def _add(self, conn: Any, kind: str, tenant: str, delta: Sums) -> None:
+        if not delta:
+            return
+        rollup, _, _ = self.selects[kind]
+        keys, values = _columns(kind)
+        pk = ("tenant_id", "execution_id", *keys)
+        cols = (*pk, *values)
+        marks = ", ".join([self.p] * len(cols))
+        sets = ", ".join(f"{v} = {rollup}.{v} + excluded.{v}" for v in values)
+        upsert = f"""INSERT INTO {rollup} ({", ".join(cols)}) VALUES ({marks})
+            ON CONFLICT ({", ".join(pk)}) DO UPDATE SET {sets}"""
+        cur = conn.cursor()
+        try:
+            cur.executemany(upsert, [(tenant, *g, *v) for g, v in delta.items()])
+            # A group a revision emptied (its records moved to another hour, model or tool).
+            emptied = [(tenant, *g) for g, v in delta.items() if v[0] < 0]
+            if emptied:
+                where = " AND ".join(f"{c} = {self.p}" for c in pk)
+                cur.executemany(f"DELETE FROM {rollup} WHERE {where} AND {values[0]} = 0", emptied)
+        finally:
+            cur.close()
+
+
+def _keys(batches: Sequence[WriteBatch]) -> dict[str, dict[str, list[tuple[str, str]]]]:
+    """kind -> tenant -> the (execution_id, record_key) of every row the batches send."""
+    out: dict[str, defaultdict[str, set[tuple[str, str]]]] = {}
+    for batch in batches:
+        for kind in ("turn", "tool_call"):
+            for row in batch.rows[kind]:
+                by_tenant = out.setdefault(kind, defaultdict(set))
+                by_tenant[batch.tenant_id].add((row["execution_id"], row["record_key"]))
+    return {kind: {t: sorted(keys) for t, keys in v.items()} for kind, v in out.items()}
+
+
+def _minus(after: Sums, before: Sums) -> Sums:
+    delta: Sums = {}
+    for group in after.keys() | before.keys():
+        new, old = after.get(group), before.get(group)
+        if new is None:
+            assert old is not None
+            values = [-(v or 0) for v in old]
+        elif old is None:
+            values = [v or 0 for v in new]
+        else:
+            values = [(a or 0) - (b or 0) for a, b in zip(new, old, strict=True)]
+        if any(values):
+            delta[group] = values
+    return delta

@@ -214,33 +214,34 @@ streams = sa.Table(
 ROLLUP_TOKENS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_creation_tokens",
                  "total_tokens")  # fmt: skip
 
-# Per-execution rollups for the dashboard, rebuilt from the rows above by the writer in the
-# transaction that stores them (store/rollup.py). No primary key: provider, weight and hour may
-# be NULL; rows are found and replaced by (tenant, execution).
+# Per-execution rollups for the dashboard, moved by the writer in the transaction that stores
+# the rows above (store/rollup.py). Key columns are NOT NULL: a provider or weight not sent is
+# '' or -1 (rollup.NO_PROVIDER, rollup.NO_WEIGHT).
 turn_rollups = sa.Table(
     "turn_rollups",
     metadata,
-    _id("tenant_id", nullable=False),
-    _id("execution_id", nullable=False),
-    sa.Column("hour", UTCDateTime()),  # the UTC hour of the turns' started_at
-    _id("model"),
-    _id("model_provider"),
-    sa.Column("model_weight", sa.Double),
+    _id("tenant_id", primary_key=True),
+    _id("execution_id", primary_key=True),
+    sa.Column("hour", UTCDateTime(), primary_key=True),  # the UTC hour of started_at
+    _id("model", primary_key=True),
+    _id("model_provider", primary_key=True),
+    sa.Column("model_weight", sa.Double, primary_key=True),
     sa.Column("turns", sa.BigInteger, nullable=False),
-    *(sa.Column(c, sa.BigInteger) for c in ROLLUP_TOKENS),
-    *(sa.Column(c, sa.Double) for c in ("total_cost", "aem_value", "aem_cost", "runtime_minutes")),
-    sa.Index("ix_turn_rollups_execution", "tenant_id", "execution_id"),
+    *(sa.Column(c, sa.BigInteger, nullable=False) for c in ROLLUP_TOKENS),
+    *(
+        sa.Column(c, sa.Double, nullable=False)
+        for c in ("total_cost", "aem_value", "aem_cost", "runtime_minutes")
+    ),
 )
 
 tool_rollups = sa.Table(
     "tool_rollups",
     metadata,
-    _id("tenant_id", nullable=False),
-    _id("execution_id", nullable=False),
-    _id("tool_name"),
+    _id("tenant_id", primary_key=True),
+    _id("execution_id", primary_key=True),
+    _id("tool_name", primary_key=True),
     sa.Column("calls", sa.BigInteger, nullable=False),
     sa.Column("successes", sa.BigInteger, nullable=False),
-    sa.Index("ix_tool_rollups_execution", "tenant_id", "execution_id"),
 )
 
 RECORD_TABLES: dict[str, sa.Table] = {

@@ -23,40 +23,38 @@ DOUBLES = ("total_cost", "aem_value", "aem_cost", "runtime_minutes")
 
 
 def upgrade() -> None:
+    ids = ("tenant_id", "execution_id")
     op.create_table(
         "turn_rollups",
-        sa.Column("tenant_id", sa.String(256), nullable=False),
-        sa.Column("execution_id", sa.String(256), nullable=False),
-        sa.Column("hour", UTCDateTime(timezone=True), nullable=True),
-        sa.Column("model", sa.String(256), nullable=True),
-        sa.Column("model_provider", sa.String(256), nullable=True),
-        sa.Column("model_weight", sa.Double(), nullable=True),
+        *(sa.Column(c, sa.String(256), nullable=False) for c in ids),
+        sa.Column("hour", UTCDateTime(timezone=True), nullable=False),
+        sa.Column("model", sa.String(256), nullable=False),
+        sa.Column("model_provider", sa.String(256), nullable=False),
+        sa.Column("model_weight", sa.Double(), nullable=False),
         sa.Column("turns", sa.BigInteger(), nullable=False),
-        *(sa.Column(c, sa.BigInteger(), nullable=True) for c in BIGINTS),
-        *(sa.Column(c, sa.Double(), nullable=True) for c in DOUBLES),
+        *(sa.Column(c, sa.BigInteger(), nullable=False) for c in BIGINTS),
+        *(sa.Column(c, sa.Double(), nullable=False) for c in DOUBLES),
+        sa.PrimaryKeyConstraint(*ids, "hour", "model", "model_provider", "model_weight"),
     )
-    op.create_index("ix_turn_rollups_execution", "turn_rollups", ["tenant_id", "execution_id"])
     op.create_table(
         "tool_rollups",
-        sa.Column("tenant_id", sa.String(256), nullable=False),
-        sa.Column("execution_id", sa.String(256), nullable=False),
-        sa.Column("tool_name", sa.String(256), nullable=True),
+        *(sa.Column(c, sa.String(256), nullable=False) for c in ids),
+        sa.Column("tool_name", sa.String(256), nullable=False),
         sa.Column("calls", sa.BigInteger(), nullable=False),
         sa.Column("successes", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint(*ids, "tool_name"),
     )
-    op.create_index("ix_tool_rollups_execution", "tool_rollups", ["tenant_id", "execution_id"])
-    # Backfill: the writer's own rebuild (store/rollup.py), over every stored execution.
+    # Backfill with the writer's own grouping (store/rollup.py), over every stored row.
     from turnstream.store import rollup
 
     dialect = op.get_bind().dialect.name
-    for table, insert in rollup.rebuilds(dialect, "1 = 1"):
+    for insert in rollup.rebuilds(dialect, "1 = 1"):
         op.execute(insert)
-        if dialect == "postgresql":  # plan the first dashboard with statistics, not guesses
-            op.execute(f"ANALYZE {table}")
+    if dialect == "postgresql":  # plan the first dashboard with statistics, not guesses
+        op.execute("ANALYZE turn_rollups")
+        op.execute("ANALYZE tool_rollups")
 
 
 def downgrade() -> None:
-    op.drop_index("ix_tool_rollups_execution", table_name="tool_rollups")
     op.drop_table("tool_rollups")
-    op.drop_index("ix_turn_rollups_execution", table_name="turn_rollups")
     op.drop_table("turn_rollups")

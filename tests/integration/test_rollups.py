@@ -7,6 +7,7 @@ same after their runs."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 
 import sqlalchemy as sa
@@ -14,7 +15,10 @@ from alembic import command
 
 from tests.dbutil import assert_rollups_exact, rows
 from tests.serving import ingest_stub, running_server
-from turnstream.store.engine import alembic_config, migrate
+from turnstream.core.pipeline import Item, Pipeline
+from turnstream.core.pricing import PriceTable
+from turnstream.store.engine import alembic_config, create_engine, migrate
+from turnstream.store.writer import Writer
 from turnstream.v1 import ingest_pb2, records_pb2
 
 T0 = dt.datetime(2026, 11, 1, 9, 30, tzinfo=dt.UTC)
@@ -111,3 +115,37 @@ async def test_the_migration_backfills_rows_stored_before_it(database_url: str) 
         engine.dispose()
     assert_rollups_exact(database_url)
     assert rollup_turns(database_url) == 13
+
+
+async def test_two_writers_storing_the_same_records_at_once_count_them_once(
+    database_url: str,
+) -> None:
+    """Two writers (as two replicas would) store the same keys concurrently, revised each
+    round: each must read the other's committed contribution, never a stale one."""
+    pipeline = Pipeline(PriceTable.load(), clock=lambda: T0 + dt.timedelta(days=1))
+    engines = [create_engine(database_url) for _ in range(2)]
+    migrate(engines[0])
+    writers = [Writer(e) for e in engines]
+    for w in writers:
+        await w.start()
+    try:
+        for round_ in range(12):
+            records = [turn(n, f"exec-{n % 3}", output_tokens=round_ + 1) for n in range(1, 40)]
+            records += [call(n, f"exec-{n % 3}", success=bool(round_ % 2)) for n in range(1, 9)]
+            batches = []
+            for _ in writers:
+                items = [
+                    Item("turn" if isinstance(r, records_pb2.Turn) else "tool_call", r, "", i)
+                    for i, r in enumerate(records)
+                ]
+                prepared = pipeline.prepare("default", "test", items)
+                assert not prepared.rejections
+                batches.append(prepared.batch)
+            await asyncio.gather(*(w.submit(b) for w, b in zip(writers, batches, strict=True)))
+        assert_rollups_exact(database_url)
+        assert rollup_turns(database_url) == 39
+    finally:
+        for w in writers:
+            await w.close(grace=5)
+        for e in engines:
+            e.dispose()

@@ -13,7 +13,8 @@ changes nothing (no difference), a record revised with other values moves its co
 (subtract old, add new, even to another hour or model), a row the database refused or a batch
 fenced by a newer stream contributes nothing; and all of it commits or rolls back with the
 records, so an ack still means queryable and counted. The cost is proportional to the rows a
-flush sends, not to the size of their executions.
+flush sends, not to the size of their executions. On PostgreSQL, writers touching the same
+execution are serialised by a transaction-scoped advisory lock (see `_lock`).
 """
 
 from __future__ import annotations
@@ -107,6 +108,8 @@ class Rollups:
         keys = _keys(batches)
         if not keys:
             return write(conn)
+        if self.pg:
+            self._lock(conn, keys)
         before = {kind: self._sums(conn, kind, by_tenant) for kind, by_tenant in keys.items()}
         result = write(conn)
         for kind, by_tenant in keys.items():
@@ -114,6 +117,23 @@ class Rollups:
             for tenant in by_tenant:
                 self._add(conn, kind, tenant, _minus(after[tenant], before[kind][tenant]))
         return result
+
+    def _lock(self, conn: Any, keys: dict[str, dict[str, list[tuple[str, str]]]]) -> None:
+        """PostgreSQL: serialise writers (replicas) touching the same executions until commit,
+        so a contribution read before the upserts cannot be stale — a concurrent transaction
+        storing the same key would otherwise be counted by both. Taken first in the transaction
+        and in one global order (the hash), so two writers cannot deadlock on them. SQLite
+        needs none: BEGIN IMMEDIATE already admits one writer at a time."""
+        names = sorted(
+            {f"{tenant}/{e}" for by in keys.values() for tenant, ks in by.items() for e, _ in ks}
+        )
+        with conn.cursor() as cur:
+            cur.execute(
+                """SELECT pg_advisory_xact_lock(h) FROM (
+                    SELECT DISTINCT hashtextextended(n, 0) AS h FROM unnest(%s::text[]) n
+                    ORDER BY h) s""",
+                (names,),
+            )
 
     def _sums(self, conn: Any, kind: str, by_tenant: dict[str, list[tuple[str, str]]]) -> Any:
         """tenant -> group -> summed values of the given (execution_id, record_key) rows."""

@@ -139,16 +139,21 @@ class Rollups:
         """tenant -> group -> summed values of the given (execution_id, record_key) rows."""
         _, base, select = self.selects[kind]
         keys, _ = _columns(kind)
+        # The keys as the outer relation of a join, so every row is found through the base
+        # table's primary key (as `(…) IN (subquery)`, PostgreSQL hashed it and scanned the
+        # whole table: the flush cost grew with the table).
         if self.pg:
-            pairs = f"SELECT * FROM unnest({self.p}::text[], {self.p}::text[])"
+            pairs = f"unnest({self.p}::text[], {self.p}::text[]) AS k (e, r)"
+            on = "b.execution_id = k.e AND b.record_key = k.r"
         else:
-            pairs = (
-                "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') "
-                f"FROM json_each({self.p})"
+            pairs = f"json_each({self.p}) AS k"
+            on = (
+                "b.execution_id = json_extract(k.value, '$[0]') "
+                "AND b.record_key = json_extract(k.value, '$[1]')"
             )
         groups = ", ".join(str(i) for i in range(1, len(keys) + 2))
-        statement = f"""SELECT execution_id, {select} FROM {base}
-            WHERE tenant_id = {self.p} AND (execution_id, record_key) IN ({pairs})
+        statement = f"""SELECT b.execution_id, {select} FROM {pairs}
+            JOIN {base} b ON b.tenant_id = {self.p} AND {on}
             GROUP BY {groups}"""
         out: dict[str, Sums] = {}
         cur = conn.cursor()
@@ -156,12 +161,12 @@ class Rollups:
             for tenant, pairs_of in by_tenant.items():
                 if self.pg:
                     params: tuple[Any, ...] = (
-                        tenant,
                         [e for e, _ in pairs_of],
                         [k for _, k in pairs_of],
+                        tenant,
                     )
                 else:
-                    params = (tenant, json.dumps(pairs_of))
+                    params = (json.dumps(pairs_of), tenant)
                 cur.execute(statement, params)
                 width = len(keys) + 1
                 out[tenant] = {tuple(r[:width]): list(r[width:]) for r in cur.fetchall()}

@@ -88,6 +88,14 @@ def retry_after_of(st: status_pb2.Status) -> float | None:
     return None
 
 
+def retry_after_seconds(st: status_pb2.Status) -> int | None:
+    """RetryInfo's delay in the whole seconds of http_error's `Retry-After` (rounded up, at
+    least 1), or None without RetryInfo. The gRPC door sends it as `retry-after` metadata:
+    proxies (Envoy's rate_limited_retry_back_off) read that header, never RetryInfo."""
+    delay = retry_after_of(st)
+    return None if delay is None else max(1, round(delay + 0.499))
+
+
 def http_status_of(st: status_pb2.Status) -> int:
     failure = FAILURES.get(reason_of(st))
     if failure is not None and failure.grpc_code == st.code:

@@ -4,7 +4,9 @@ within one deadline whatever the database does.
 
 Health: gRPC `grpc.health.v1` ("" and the IngestService) and HTTP `/readyz` follow the writer:
 NOT_SERVING / 503 while the database is unreachable or not answering, SERVING / 200 again by
-themselves when it answers (the writer probes it). `/healthz` only says the process is alive."""
+themselves when it answers (the writer probes it), and NOT_SERVING / 503 for good once a drain
+began. `/healthz` only says the process is alive (200 as long as it answers at all): a liveness
+probe must not restart a process because its database is down, nor cut a drain short."""
 
 from __future__ import annotations
 
@@ -44,10 +46,16 @@ from turnstream.doors.grpc_stream import STOP_TIMEOUT, StreamDoor
 from turnstream.doors.http import HttpContext, build_app
 from turnstream.listener import HttpServer
 from turnstream.listener import server as http_server
+from turnstream.metrics import procs
+from turnstream.metrics.grpc_server import MetricsInterceptor
+from turnstream.metrics.http import HttpMetrics
+from turnstream.metrics.http import endpoint as metrics_endpoint
+from turnstream.metrics.registry import Metrics
 from turnstream.store.analytics_reads import AnalyticsReads
 from turnstream.store.engine import create_engine, migrate
 from turnstream.store.queries import Reads
 from turnstream.store.writer import Writer
+from turnstream.tls import grpc_credentials, http_tls
 from turnstream.v1 import analytics_pb2, analytics_pb2_grpc, ingest_pb2, ingest_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -96,6 +104,8 @@ class Server:
         self._streaming: StreamDoor | None = None
         self._serving = False
         self._health_updates: set[asyncio.Task[None]] = set()
+        self.metrics: Metrics | None = None
+        self._sampling: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -113,6 +123,10 @@ class Server:
         await self.writer.start()
         pipeline = Pipeline(prices)
         self._streaming = StreamDoor(pipeline, self.writer, s)
+        interceptors = []
+        if s.metrics:
+            self.metrics = self._observe(pipeline, self.writer, self._streaming)
+            interceptors.append(MetricsInterceptor(self.metrics))
         calls = IngestCalls(
             pipeline, self.writer, s.max_request_records, self.writer.committed_offset
         )
@@ -124,7 +138,9 @@ class Server:
             ("grpc.max_receive_message_length", s.max_message_bytes),
             ("grpc.max_send_message_length", s.max_message_bytes),
         ]
-        self._grpc = grpc.aio.server(options=GRPC_OPTIONS + sizes + reuse)
+        self._grpc = grpc.aio.server(
+            options=GRPC_OPTIONS + sizes + reuse, interceptors=interceptors
+        )
         add_guarded(
             ingest_pb2_grpc.add_IngestServiceServicer_to_server,
             servicer,
@@ -139,19 +155,23 @@ class Server:
         analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server(
             AnalyticsServicer(analytics), self._grpc
         )
-        reflection.enable_server_reflection(
-            [
-                SERVICE,
-                ANALYTICS,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ],
-            self._grpc,
-        )
+        if s.reflection:
+            reflection.enable_server_reflection(
+                [
+                    SERVICE,
+                    ANALYTICS,
+                    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                    reflection.SERVICE_NAME,
+                ],
+                self._grpc,
+            )
         host, port = split_addr(s.grpc_addr)
-        self.grpc_port = self._grpc.add_insecure_port(
-            f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        )
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        credentials = grpc_credentials(s)
+        if credentials is None:
+            self.grpc_port = self._grpc.add_insecure_port(address)
+        else:
+            self.grpc_port = self._grpc.add_secure_port(address, credentials)
         if self.grpc_port == 0:
             raise OSError(f"cannot listen on {s.grpc_addr} (gRPC): address in use or not local")
         await self._grpc.start()
@@ -175,7 +195,12 @@ class Server:
             Route("/readyz", self._readyz),
             *openapi.routes(openapi_document()),
         ]
-        await self._start_http(build_app(http, formats, extra))
+        if self.metrics is not None:
+            extra.append(Route("/metrics", metrics_endpoint(self.metrics)))
+        app = build_app(http, formats, extra)
+        if self.metrics is not None:
+            app.add_middleware(HttpMetrics, metrics=self.metrics)
+        await self._start_http(app)
         self._serving = True
         await self._publish_health(self.writer.healthy, self.writer.health_reason)
         log.info(
@@ -186,6 +211,27 @@ class Server:
             self.http_port,
             self.engine.url.render_as_string(hide_password=True),
         )
+
+    def _observe(self, pipeline: Pipeline, writer: Writer, streaming: StreamDoor) -> Metrics:
+        """The metrics of this process: the writer tells each flush; gauges and the pipeline's
+        totals are read when a scrape comes (and every second when other processes' scrapes
+        read this one's files)."""
+        metrics = Metrics(str(self.settings.metrics_dir) if self.settings.metrics_dir else None)
+        writer.on_flush = metrics.on_flush
+        unpriced = [0]
+
+        def sample() -> None:
+            metrics.pending_rows.set(writer.stats.pending_rows)
+            metrics.open_streams.set(streaming.open_streams)
+            metrics.database_up.set(1 if writer.healthy else 0)
+            if pipeline.unpriced_total > unpriced[0]:
+                metrics.unpriced.inc(pipeline.unpriced_total - unpriced[0])
+                unpriced[0] = pipeline.unpriced_total
+
+        metrics.sampler(sample)
+        if metrics.multiprocess_dir is not None:
+            self._sampling = asyncio.create_task(_every(1.0, metrics.sample), name="metrics")
+        return metrics
 
     async def _start_http(self, app: Starlette) -> None:
         self.http_app = app
@@ -206,6 +252,7 @@ class Server:
             app,
             max_connections=self.settings.http_max_connections,
             timeout=self.settings.http_timeout,
+            tls=http_tls(self.settings),
         )
         self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]))
         # start() returns once both listeners accept connections.
@@ -216,10 +263,9 @@ class Server:
             await asyncio.sleep(0.01)
 
     async def _healthz(self, _request: Request) -> JSONResponse:
-        """Liveness: the process answers (200), unless it is draining for a shutdown."""
-        if self._serving:
-            return JSONResponse({"status": "serving"})
-        return JSONResponse({"status": "draining"}, status_code=503)
+        """Liveness: 200 while the process answers at all, draining included (a liveness probe
+        that failed during a drain would have the process killed before it finished)."""
+        return JSONResponse({"status": "serving" if self._serving else "draining"})
 
     async def _readyz(self, _request: Request) -> JSONResponse:
         """Readiness: 200 only while serving with a database that answers; else 503 and why."""
@@ -262,6 +308,8 @@ class Server:
 
         self._serving = False
         await self.health.enter_graceful_shutdown()
+        if self._sampling is not None:
+            self._sampling.cancel()
         if self._streaming is not None:
             try:
                 # drain() takes up to STOP_TIMEOUT past its grace to end late calls.
@@ -307,12 +355,10 @@ class Server:
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then drain within settings.shutdown_grace. With
     settings.workers > 1, this process also starts and stops the other workers."""
-    if settings.workers < 1:
-        raise ValueError(f"--workers must be at least 1, got {settings.workers}")
+    problems = settings.validate()
+    if problems:
+        raise ValueError("invalid settings: " + "; ".join(problems))
     if settings.workers > 1:
-        for addr in (settings.grpc_addr, settings.http_addr):
-            if split_addr(addr)[1] == 0:
-                raise ValueError(f"--workers needs fixed ports; {addr} asks for a free one")
         settings = dataclasses.replace(settings, reuse_port=True)
     server = Server(settings)
     await server.start()
@@ -334,9 +380,19 @@ async def serve(settings: Settings) -> None:
         except subprocess.TimeoutExpired:
             log.error("worker %d did not stop in time; killing it", worker.pid)
             worker.kill()
+        procs.worker_exited(settings, worker.pid)
     # A database call stuck in the driver (a frozen server) is left on its daemon thread: it
     # cannot hold the process, and what it was doing was never acked.
     log.info("stopped")
+
+
+async def _every(seconds: float, fn: Callable[[], None]) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            fn()
+        except Exception:
+            log.exception("sampling the metrics failed")
 
 
 async def _bounded(fn: Callable[[], None], within: float) -> None:

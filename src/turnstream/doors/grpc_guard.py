@@ -14,6 +14,7 @@ process-wide `Admission` budget, and only admitted requests are parsed and prepa
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ import grpc
 from google.protobuf.message import Message
 from google.protobuf.unknown_fields import UnknownFieldSet
 
+from turnstream import logctx
 from turnstream.doors.admission import Admission
 
 
@@ -101,6 +103,7 @@ def _guard_unary(
     admission: Admission,
 ) -> Any:
     async def guarded(data: bytes, context: Any) -> Any:
+        logctx.bind(request_id=request_id(context))
         async with admission.admit(len(data)):
             request = parse(data)
             del data  # the parsed message is all that is needed from here on
@@ -112,16 +115,26 @@ def _guard_unary(
     return guarded
 
 
+def request_id(context: Any) -> str:
+    """The caller's x-request-id (a proxy's, say), or a new one: for log lines."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-request-id" and isinstance(value, str):
+            return value
+    return logctx.new_request_id()
+
+
 def _bytes(data: bytes) -> bytes:
     return data
 
 
 def guard(method: str, handler: Any, on_malformed: OnMalformed, admission: Admission) -> Any:
     """The same RpcMethodHandler with a deserializer that cannot raise; unary requests are
-    parsed only once admitted."""
+    parsed only once admitted (and get a request id for their log lines)."""
     deserializer = handler.request_deserializer
     if deserializer is None:
         return handler
+    if handler.stream_stream is not None and inspect.iscoroutinefunction(handler.stream_stream):
+        handler = handler._replace(stream_stream=_with_request_id(handler.stream_stream))
     safe = _safe(deserializer, _message_name(deserializer))
     if handler.unary_unary is not None:
         behavior = _guard_unary(method, handler.unary_unary, safe, on_malformed, admission)
@@ -130,6 +143,14 @@ def guard(method: str, handler: Any, on_malformed: OnMalformed, admission: Admis
         behavior = _guard_unary(method, handler.unary_stream, safe, on_malformed, admission)
         return handler._replace(request_deserializer=_bytes, unary_stream=behavior)
     return handler._replace(request_deserializer=safe)
+
+
+def _with_request_id(behavior: Any) -> Any:
+    async def identified(requests: Any, context: Any) -> Any:
+        logctx.bind(request_id=request_id(context))
+        return await behavior(requests, context)
+
+    return identified
 
 
 class _Capture:

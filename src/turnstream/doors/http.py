@@ -16,11 +16,13 @@ from typing import Any
 
 from google.rpc import code_pb2, status_pb2
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from turnstream import errors
+from turnstream import errors, logctx
 from turnstream.core import ingest
 from turnstream.core.pipeline import FieldViolation, Pipeline
 from turnstream.core.ports import StoreUnavailable
@@ -198,4 +200,19 @@ def build_app(
     routes: list[BaseRoute] = [*extra]
     for make in route_sets:
         routes += make(ctx)
-    return Starlette(routes=routes)
+    return Starlette(routes=routes, middleware=[Middleware(RequestIds)])
+
+
+class RequestIds:
+    """Binds a request id for the log lines of each request: the caller's X-Request-ID (a
+    proxy's, say) or a new one."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            given = next((v for k, v in scope["headers"] if k == b"x-request-id"), None)
+            given_id = given.decode("latin-1") if given else None
+            logctx.bind(request_id=given_id or logctx.new_request_id())
+        await self.app(scope, receive, send)

@@ -174,17 +174,24 @@ class Rollups:
             cur.close()
         return out
 
-    def _add(self, conn: Any, kind: str, tenant: str, delta: Sums) -> None:
-        if not delta:
-            return
+    def upsert_sql(self, kind: str) -> str:
+        """Adds a delta row to a rollup (its target is the primary key, tenant first)."""
         rollup, _, _ = self.selects[kind]
         keys, values = _columns(kind)
         pk = ("tenant_id", "execution_id", *keys)
         cols = (*pk, *values)
         marks = ", ".join([self.p] * len(cols))
         sets = ", ".join(f"{v} = {rollup}.{v} + excluded.{v}" for v in values)
-        upsert = f"""INSERT INTO {rollup} ({", ".join(cols)}) VALUES ({marks})
+        return f"""INSERT INTO {rollup} ({", ".join(cols)}) VALUES ({marks})
             ON CONFLICT ({", ".join(pk)}) DO UPDATE SET {sets}"""
+
+    def _add(self, conn: Any, kind: str, tenant: str, delta: Sums) -> None:
+        if not delta:
+            return
+        rollup, _, _ = self.selects[kind]
+        keys, values = _columns(kind)
+        pk = ("tenant_id", "execution_id", *keys)
+        upsert = self.upsert_sql(kind)
         cur = conn.cursor()
         try:
             cur.executemany(upsert, [(tenant, *g, *v) for g, v in delta.items()])

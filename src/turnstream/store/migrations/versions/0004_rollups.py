@@ -44,6 +44,15 @@ def upgrade() -> None:
         sa.Column("successes", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint(*ids, "tool_name"),
     )
+    bind = op.get_bind()
+    if bind.dialect.name == "postgresql":
+        citus = bind.execute(sa.text("SELECT 1 FROM pg_extension WHERE extname = 'citus'"))
+        if citus.first() is not None:  # docs/scaling.md: distributed by tenant, co-located
+            for table in ("turn_rollups", "tool_rollups"):
+                op.execute(
+                    f"SELECT create_distributed_table('{table}', 'tenant_id', "
+                    "colocate_with => 'executions')"
+                )
     # Backfill with the writer's own grouping (store/rollup.py), over every stored row.
     from turnstream.store import rollup
 

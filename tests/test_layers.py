@@ -112,3 +112,19 @@ def test_the_rules_see_the_imports_they_judge() -> None:
     assert "turnstream.core.pipeline" in edges["turnstream.core.ingest"]
     assert "turnstream.doors.http" in edges["turnstream.doors.http_kubiya"]
     assert len(edges) > 30
+
+
+def test_the_ports_the_store_implements_live_in_core() -> None:
+    """Doors consume storage through ports in core (core/ports.py), never through a protocol of
+    their own that the store would have to know about."""
+    defined = {}
+    for module, path in ((module_name(p), p) for p in (SRC / PACKAGE).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and node.name.endswith("Store"):
+                bases = {ast.unparse(b) for b in node.bases}
+                if "Protocol" in bases:
+                    defined[node.name] = module
+    assert defined == {
+        "StreamStore": "turnstream.core.ports",
+        "AnalyticsStore": "turnstream.core.ports",
+    }

@@ -33,13 +33,13 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from turnstream.config import Settings, split_addr
+from turnstream.core.analytics import AnalyticsCalls
 from turnstream.core.auth import INGEST, Authenticator, anonymous_allowed
 from turnstream.core.pipeline import Pipeline
 from turnstream.core.pricing import PriceTable
 from turnstream.core.service import IngestCalls
 from turnstream.doors import http_analytics, http_honeyhive, http_kubiya, http_native, openapi
 from turnstream.doors.admission import Admission
-from turnstream.doors.analytics_calls import AnalyticsCalls
 from turnstream.doors.grpc_analytics import AnalyticsServicer
 from turnstream.doors.grpc_auth import authorizer
 from turnstream.doors.grpc_guard import add_guarded

@@ -25,13 +25,14 @@ from turnstream.client import StreamWriter
 from turnstream.store import schema
 from turnstream.store.dialects import SqlDialect
 from turnstream.store.engine import create_engine, migrate
+from turnstream.store.rollup import Rollups
 from turnstream.v1 import ingest_pb2, records_pb2
 
 DOC = ROOT / "docs" / "scaling.md"
 SRC = ROOT / "src" / "turnstream"
 TENANT = "tenant_id"
 # The one place that builds ON CONFLICT targets from a table's columns (checked by calling it).
-DYNAMIC_TARGETS = {("store/dialects.py", "_upsert_tail")}
+DYNAMIC_TARGETS = {("store/dialects.py", "_upsert_tail"), ("store/rollup.py", "upsert_sql")}
 MUTABLE = re.compile(
     r"\b(now|random|clock_timestamp|statement_timestamp|nextval)\s*\(|CURRENT_", re.I
 )
@@ -262,6 +263,11 @@ def test_the_writers_upsert_targets_lead_with_tenant() -> None:
         "INSERT INTO executions (tenant_id, execution_id) VALUES (?)" + dialect._derived_tail()
     )
     assert statement_problems(derived) == []
+    for name in ("sqlite", "postgresql"):
+        for kind in ("turn", "tool_call"):
+            sql = Rollups(name).upsert_sql(kind).replace("%s", "?")
+            assert statement_problems(sql) == [], (name, kind)
+            assert _CONFLICT.search(sql) is not None
 
 
 def string_sites(path: Path) -> Iterator[tuple[int, str, str]]:

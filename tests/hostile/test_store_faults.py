@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from tests.dbutil import rows
+from tests.dbutil import assert_rollups_exact, rows
 from turnstream.core.batch import StreamAdvance, WriteBatch
 from turnstream.core.deadletter import STORAGE_REJECTED
 from turnstream.core.pipeline import Item, Pipeline
@@ -137,6 +137,8 @@ async def test_a_poison_row_is_dead_lettered_and_everything_else_in_the_group_co
     # The derived execution spans only the records that were stored.
     (execution,) = rows(store.url, "executions", execution_id="exec-p")
     assert execution["started_at"] == T0 + dt.timedelta(seconds=1)
+    # The guarded path rebuilt the rollups from what it stored, not from what was sent.
+    assert_rollups_exact(store.url)
 
 
 async def test_the_next_batch_of_a_stream_after_a_poison_row_is_stored(store: Counted) -> None:

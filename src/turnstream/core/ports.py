@@ -1,9 +1,14 @@
-"""Core: the domain errors every layer shares (no I/O). The store raises them, the core's
-service layer turns them into answers, doors never see a driver's exception."""
+"""Core: the domain errors every layer shares and the ports the store implements (no I/O). The
+store raises the errors, the core's service layer turns them into answers, doors never see a
+driver's exception."""
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+import datetime as dt
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from turnstream.v1 import analytics_pb2 as pb
 
 
 class StoreUnavailable(Exception):
@@ -47,3 +52,22 @@ class StreamStore(Protocol):
     async def open_stream(self, tenant_id: str, stream_id: str) -> StreamPosition: ...
 
     async def submit(self, batch: Any) -> Any: ...
+
+
+# Where a ListExecutions page ends: the last execution's (started_at, execution_id).
+Keyset = tuple[dt.datetime, str]
+
+
+class AnalyticsStore(Protocol):
+    """What the read side needs of storage (store/analytics_reads.AnalyticsReads); filters are
+    plain words and times. Reads use their own connections, never the writer's."""
+
+    async def dashboard(self, tenant_id: str, **query: Any) -> pb.GetDashboardResponse: ...
+
+    async def execution(
+        self, tenant_id: str, execution_id: str
+    ) -> pb.GetExecutionResponse | None: ...
+
+    async def executions(
+        self, tenant_id: str, page_size: int, after: Keyset | None, **filters: Any
+    ) -> tuple[pb.ListExecutionsResponse, Keyset | None]: ...

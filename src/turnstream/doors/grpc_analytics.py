@@ -7,8 +7,8 @@ from typing import Any
 
 import grpc
 
+from turnstream.core.analytics import AnalyticsCalls
 from turnstream.core.auth import READ
-from turnstream.doors.analytics_calls import AnalyticsCalls
 from turnstream.doors.grpc_answer import answer
 from turnstream.doors.grpc_auth import Authorize
 from turnstream.v1 import analytics_pb2 as pb

@@ -17,10 +17,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from turnstream import errors
+from turnstream.core.analytics import AnalyticsCalls
 from turnstream.core.auth import READ
 from turnstream.core.ports import Failure
 from turnstream.doors import http_native
-from turnstream.doors.analytics_calls import AnalyticsCalls
 from turnstream.doors.http import (
     HttpContext,
     HttpFailure,

@@ -10,13 +10,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from turnstream.core.ports import Keyset
 from turnstream.store import schema
 from turnstream.store.analytics_sql import Filters, Sql, num
 from turnstream.store.queries import Reads, record_of
 from turnstream.v1 import analytics_pb2 as pb
 from turnstream.v1 import records_pb2
-
-Keyset = tuple[dt.datetime, str]
 
 
 def _aware(value: Any) -> dt.datetime:

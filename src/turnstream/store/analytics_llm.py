@@ -4,11 +4,11 @@ dead letters — each one SQL statement over the `runs` CTE (store/analytics_sql
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from turnstream.store.analytics_sql import AEM_TIERS, num, rate
+from turnstream.store.analytics_sql import AEM_TIERS, Sql, num, rate
 from turnstream.v1 import analytics_pb2 as pb
 
 if TYPE_CHECKING:
@@ -73,15 +73,29 @@ def cache_and_aem(q: Queries, out: pb.GetDashboardResponse) -> None:
     cache.cache_read_share = cache.cache_read_tokens / read_base if read_base else 0.0
 
 
+Latency = dict[str, tuple[Any, Any]]
+
+
+def latency(conn: sa.Connection, sql: Sql, cte: str, params: dict[str, Any]) -> Latency:
+    """tool -> (p50, p95) of the durations of the tool calls of `runs` (defined by `cte`):
+    from the base table, since exact percentiles cannot be summed from rollups."""
+    source = """(SELECT tc.tool_name AS tool, tc.duration_ms FROM runs r JOIN tool_calls tc
+        ON tc.tenant_id = :tenant AND tc.execution_id = r.execution_id) x"""
+    ps = sql.percentiles(source, ["tool"], "duration_ms", {"p50": 0.5, "p95": 0.95})
+    rows = conn.execute(sa.text(f"{cte} {ps}"), params)
+    return {tool: (p50, p95) for tool, p50, p95 in rows}
+
+
 def tools(q: Queries, out: pb.GetDashboardResponse) -> None:
-    source = f"(SELECT tc.tool_name AS tool, tc.duration_ms FROM runs r {q.tool_join()}) x"
-    ps = q.sql.percentiles(source, ["tool"], "duration_ms", {"p50": 0.5, "p95": 0.95})
     # Two statements: joined to the counts, SQLite re-ran the ranking per tool.
-    latency = {tool: (p50, p95) for tool, p50, p95 in q.rows(ps)}
+    if q.tool_latency is not None:
+        latency_of = q.tool_latency()  # computed meanwhile on another connection
+    else:
+        latency_of = latency(q.conn, q.sql, q.cte, q.params)
     body = f"""SELECT tool{q.sql.collate} AS t, SUM(n) AS calls, SUM(ok) FROM dash_calls
         GROUP BY t ORDER BY calls DESC, t"""
     for tool, calls, ok in q.rows(body):
-        p50, p95 = latency.get(tool, (None, None))
+        p50, p95 = latency_of.get(tool, (None, None))
         out.tools.add(
             tool_name=tool,
             calls=int(calls),

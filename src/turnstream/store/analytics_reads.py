@@ -1,12 +1,13 @@
-"""Storage, read side: the AnalyticsStore port (doors/analytics_calls.py) over the dashboard
+"""Storage, read side: the AnalyticsStore port (core/ports.py) over the dashboard
 and execution queries, on the read engine (store/queries.Reads), never the writer."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from turnstream.core.ports import Keyset
 from turnstream.store.analytics import Dashboard
-from turnstream.store.analytics_executions import Executions, Keyset
+from turnstream.store.analytics_executions import Executions
 from turnstream.store.analytics_sql import Filters
 from turnstream.store.queries import Reads
 from turnstream.v1 import analytics_pb2 as pb

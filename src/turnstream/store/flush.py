@@ -18,11 +18,11 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from turnstream.core.batch import KINDS, WriteBatch
-from turnstream.store import schema
+from turnstream.store import rollup, schema
 from turnstream.store.faults import StoreUnavailable, is_value_error, refusal
 from turnstream.store.group import GroupWrite, Result, count, merge_derived
 from turnstream.store.isolate import Guarded, TrustedRefused
@@ -69,12 +69,16 @@ def flush(
     if suspects is not None:
         chosen = frozenset(suspects)
         try:
-            return lane.transaction(lambda conn: Guarded(lane, batches, now).guarded(conn, chosen))
+            return lane.transaction(
+                _with_rollups(
+                    lane, batches, lambda c: Guarded(lane, batches, now).guarded(c, chosen)
+                )
+            )
         except TrustedRefused as exc:
             refused: BaseException = exc.cause
     else:
         try:
-            return lane.transaction(Fast(lane, batches, now).fast)
+            return lane.transaction(_with_rollups(lane, batches, Fast(lane, batches, now).fast))
         except StoreUnavailable:
             raise
         except Exception as exc:
@@ -87,7 +91,18 @@ def flush(
         refusal(refused),
     )
     everyone = frozenset(range(len(batches)))
-    return lane.transaction(lambda conn: Guarded(lane, batches, now).guarded(conn, everyone))
+    return lane.transaction(
+        _with_rollups(lane, batches, lambda c: Guarded(lane, batches, now).guarded(c, everyone))
+    )
+
+
+def _with_rollups(
+    lane: Lane, batches: Sequence[WriteBatch], write: Callable[[Any], list[Result]]
+) -> Callable[[Any], list[Result]]:
+    """`write`, with the dashboard's rollups moved by what it changed (store/rollup.py), in
+    the same transaction: an ack means they agree with the records."""
+    rollups = rollup.Rollups(lane.dialect.name)
+    return lambda conn: rollups.around(conn, batches, write)
 
 
 class Fast(GroupWrite):

@@ -243,6 +243,39 @@ api_keys = sa.Table(
     info={"distribution": "reference"},
 )
 
+ROLLUP_TOKENS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_creation_tokens",
+                 "total_tokens")  # fmt: skip
+
+# Per-execution rollups for the dashboard, moved by the writer in the transaction that stores
+# the rows above (store/rollup.py). Key columns are NOT NULL: a provider or weight not sent is
+# '' or -1 (rollup.NO_PROVIDER, rollup.NO_WEIGHT).
+turn_rollups = sa.Table(
+    "turn_rollups",
+    metadata,
+    _id("tenant_id", primary_key=True),
+    _id("execution_id", primary_key=True),
+    sa.Column("hour", UTCDateTime(), primary_key=True),  # the UTC hour of started_at
+    _id("model", primary_key=True),
+    _id("model_provider", primary_key=True),
+    sa.Column("model_weight", sa.Double, primary_key=True),
+    sa.Column("turns", sa.BigInteger, nullable=False),
+    *(sa.Column(c, sa.BigInteger, nullable=False) for c in ROLLUP_TOKENS),
+    *(
+        sa.Column(c, sa.Double, nullable=False)
+        for c in ("total_cost", "aem_value", "aem_cost", "runtime_minutes")
+    ),
+)
+
+tool_rollups = sa.Table(
+    "tool_rollups",
+    metadata,
+    _id("tenant_id", primary_key=True),
+    _id("execution_id", primary_key=True),
+    _id("tool_name", primary_key=True),
+    sa.Column("calls", sa.BigInteger, nullable=False),
+    sa.Column("successes", sa.BigInteger, nullable=False),
+)
+
 RECORD_TABLES: dict[str, sa.Table] = {
     "execution": executions,
     "turn": turns,

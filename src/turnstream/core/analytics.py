@@ -1,6 +1,8 @@
-"""Doors, read side: the AnalyticsService calls every transport shares. A request is checked
-here once — a bad filter is INVALID_ARGUMENT naming the field, never a crash — and handed to
-the read store (a port: server.py passes store/analytics_reads.AnalyticsReads)."""
+"""Core, read side: the AnalyticsService calls, transport-neutral (as core/service.py is for
+IngestService). The gRPC door and the HTTP routes call these and only encode what comes back.
+A request is checked here once — a bad filter is INVALID_ARGUMENT naming the field, never a
+crash — and handed to the read store through the AnalyticsStore port (core/ports.py; server.py
+passes store/analytics_reads.AnalyticsReads)."""
 
 from __future__ import annotations
 
@@ -9,12 +11,12 @@ import datetime as dt
 import hashlib
 import json
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from google.rpc import code_pb2
 
 from turnstream import errors
-from turnstream.core.ports import Failure
+from turnstream.core.ports import AnalyticsStore, Failure, Keyset
 from turnstream.core.service import failures
 from turnstream.v1 import analytics_pb2 as pb
 from turnstream.v1 import records_pb2
@@ -26,22 +28,6 @@ MAX_PAGE = 1000
 DEFAULT_PAGE = 50
 # Bound on a range's width: an hourly series over years would answer millions of buckets.
 MAX_RANGE = dt.timedelta(days=3660)
-
-Keyset = tuple[dt.datetime, str]
-
-
-class AnalyticsStore(Protocol):
-    """What the read side needs from storage; filters are plain words and times."""
-
-    async def dashboard(self, tenant_id: str, **query: Any) -> pb.GetDashboardResponse: ...
-
-    async def execution(
-        self, tenant_id: str, execution_id: str
-    ) -> pb.GetExecutionResponse | None: ...
-
-    async def executions(
-        self, tenant_id: str, page_size: int, after: Keyset | None, **filters: Any
-    ) -> tuple[pb.ListExecutionsResponse, Keyset | None]: ...
 
 
 def invalid(field: str, description: str) -> Failure:

@@ -5,8 +5,9 @@ SQLite in dialects.py); small upserts skip COPY. A row COPY refuses is named (Ro
 from __future__ import annotations
 
 import datetime as dt
+import operator
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -48,6 +49,19 @@ def _pg_type(column: sa.Column[Any]) -> str:
         if type(t) is cls:
             return name
     raise TypeError(f"no COPY type for {column}")
+
+
+def _values(
+    rows: Sequence[Row], cols: list[str], tail: tuple[Any, ...]
+) -> Iterator[tuple[Any, ...]]:
+    """Each row's values in column order, then `tail`: one itemgetter call per row (rows from
+    core/rows.py hold every column); a row missing a column (None = keep) is read by name."""
+    getter = operator.itemgetter(*cols)
+    for row in rows:
+        try:
+            yield getter(row) + tail
+        except KeyError:
+            yield tuple(row.get(c) for c in cols) + tail
 
 
 class PostgresDialect(SqlDialect):
@@ -159,7 +173,7 @@ class PostgresDialect(SqlDialect):
         because COPY names a refused row (RowRefused). `refused` is not used: a refused row
         fails the COPY (which cannot go on past it), so it is always RowRefused."""
         cols = key_columns(table) + data_columns(table) + list(BOOKKEEPING)
-        values = ([r.get(c) for c in cols[:-3]] + [1, now, now] for r in rows)
+        values = _values(rows, cols[:-3], (1, now, now))
         nkeys = len(key_columns(table))
         if len(rows) < self.copy_threshold and not again:
             returned = self._insert_many(conn, table.name, cols, values, self._upsert_tail(table))

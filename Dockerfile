@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 # turnstream container image: `docker build -t turnstream .`
 #   docker run -p 50051:50051 -p 8080:8080 -v turnstream-data:/var/lib/turnstream turnstream
-# It listens on 0.0.0.0. Auth (API keys) is not built yet: keep the ports on a private network.
+# It listens on 0.0.0.0, so it needs an API key to exist before it starts (`turnstream keys create
+# --tenant acme --scopes ingest,read` against the same database; docs/auth.md).
 # SQLite in /var/lib/turnstream by default (mount a volume there); set TURNSTREAM_DATABASE_URL for
 # PostgreSQL.
 

@@ -97,10 +97,11 @@ async def run_stream(
     interval: float | None,
     result: Result,
     phase: float = 0.0,
+    metadata: tuple[tuple[str, str], ...] = (),
 ) -> None:
     """Send every batch, keeping at most `window` un-acked; with `interval`, pace the sends
     (open loop) to measure latency at a fixed rate."""
-    call = stub.Append()
+    call = stub.Append(metadata=metadata)
     await call.write(ingest_pb2.AppendRequest(open=ingest_pb2.OpenStream(stream_id=stream_id)))
     opened = await call.read()
     assert opened.WhichOneof("kind") == "opened", opened
@@ -145,8 +146,10 @@ async def drive(
     window: int = 8,
     rate: float | None = None,
     prefix: str = "bench",
+    metadata: tuple[tuple[str, str], ...] = (),
 ) -> Result:
-    """N concurrent streams; with `rate` (records/s in all) the load is paced."""
+    """N concurrent streams; with `rate` (records/s in all) the load is paced. `metadata`:
+    sent with every call (an API key: `authorization: Bearer ...`)."""
     all_requests = [
         build_requests(f"{prefix}-{s}", records_per_stream, batch) for s in range(streams)
     ]
@@ -170,6 +173,7 @@ async def drive(
                     interval,
                     result,
                     s / streams,
+                    metadata,
                 )
                 for s, reqs in enumerate(all_requests)
             )

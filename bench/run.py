@@ -4,6 +4,7 @@ CPU per record (from /proc), and each target of issue 11 beside its figure and i
 the same run: the database's raw ceiling, and a bare grpc.aio echo for one record per message.
 
     python -m bench.run [--dialect postgresql|sqlite|both] [--streams 8] [--records 20000]
+    python -m bench.run --auth [--auth-rounds 3]   # the same load with API keys off and on
 """
 
 from __future__ import annotations
@@ -343,12 +344,28 @@ def main() -> int:
     p.add_argument("--ceiling-records", type=int, default=100_000)
     p.add_argument("--write-size", type=int, default=1_000, help="turns per unary Write")
     p.add_argument("--write-requests", type=int, default=10, help="unary Writes per client")
+    p.add_argument(
+        "--auth",
+        action="store_true",
+        help="instead: the same load on a server without keys and on one with a key the load "
+        "generator sends (bench/auth.py), alternately, medians",
+    )
+    p.add_argument("--auth-rounds", type=int, default=3)
+    p.add_argument("--unary-calls", type=int, default=100, help="Write calls per caller (--auth)")
     args = p.parse_args()
     report = [
         f"## Run of {time.strftime('%Y-%m-%d %H:%M')} on {os.cpu_count()} cores, "
         f"Python {platform.python_version()}",
         f"\n`python -m bench.run {' '.join(sys.argv[1:])}`".rstrip() + "\n",
     ]
+    if args.auth:
+        from bench.auth import compare
+
+        for dialect in ("postgresql", "sqlite"):
+            if args.dialect in (dialect, "both"):
+                report += compare(dialect, args)
+        print("\n".join(report))
+        return 0
     tmp = Path(tempfile.mkdtemp(prefix="turnstream-bench-"))
     try:
         if args.dialect in ("postgresql", "both"):

@@ -14,11 +14,12 @@ PACKAGE = "turnstream"
 ALLOWED = {
     "errors": set(),
     "config": set(),
+    "logctx": set(),
     "v1": set(),
     "core": {"v1", "errors"},
     "formats": {"core", "v1", "errors"},
     "store": {"core", "v1", "config"},
-    "doors": {"core", "formats", "v1", "errors", "config"},
+    "doors": {"core", "formats", "v1", "errors", "config", "logctx"},
     "client": {"v1"},
 }
 

@@ -1,17 +1,19 @@
-"""Entrypoint: the `turnstream` command (serve, migrate, send)."""
+"""Entrypoint: the `turnstream` command (serve, config, migrate, keys, send, demo)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from turnstream import __version__
-from turnstream.config import Settings
+from turnstream import __version__, keys_cli, logctx
+from turnstream.config import ENV_PREFIX, Settings, masked
 
 DESCRIPTION = """\
 turnstream receives LLM-agent telemetry (turns, tool calls, tasks) over gRPC, validates and
@@ -26,16 +28,34 @@ TURNSTREAM_GRPC_ADDR, TURNSTREAM_HTTP_ADDR); a flag wins over the variable.
 
 
 class _JsonFormatter(logging.Formatter):
+    """One JSON object per line: timestamp (RFC 3339, UTC, milliseconds), level, logger,
+    message, and the request / stream / tenant ids bound where the line was logged."""
+
     def format(self, record: logging.LogRecord) -> str:
+        stamp = dt.datetime.fromtimestamp(record.created, dt.UTC)
         out = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "timestamp": stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
+            **logctx.current(),
         }
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
         return json.dumps(out)
+
+
+class InvalidSettings(Exception):
+    pass
+
+
+def _valid(settings: Settings) -> Settings:
+    """The settings, or InvalidSettings listing every problem (one line each)."""
+    problems = settings.validate()
+    if problems:
+        lines = "".join(f"\n  - {p}" for p in problems)
+        raise InvalidSettings(f"{len(problems)} invalid setting(s), nothing was started:{lines}")
+    return settings
 
 
 def _setup_logging(level: str, fmt: str) -> None:
@@ -66,6 +86,64 @@ def _parser() -> argparse.ArgumentParser:
         "migrations at start. SIGTERM drains: in-flight work is committed and answered.",
         epilog=EPILOG,
     )
+    _serve_flags(serve)
+    config = sub.add_parser(
+        "config",
+        help="print the effective settings (flags + TURNSTREAM_* variables), secrets masked",
+        description="Print the settings `serve` would run with, from the same flags and "
+        "TURNSTREAM_* variables, as TURNSTREAM_NAME=value lines (the database password masked). "
+        "Exits 2, naming every invalid setting and its rule, when `serve` would refuse them.",
+        epilog=EPILOG,
+    )
+    _serve_flags(config)
+
+    migrate = sub.add_parser(
+        "migrate",
+        help="create or upgrade the database schema",
+        description="Apply every pending migration to the database (idempotent).",
+        epilog=EPILOG,
+    )
+    _db_flag(migrate)
+
+    send = sub.add_parser(
+        "send",
+        help="send JSON files in Kubiya's batch format to a server",
+        description="Send files of Kubiya analytics batches ({execution_id, turns, tool_calls, "
+        "tasks}: one object, an array, or JSON Lines) through IngestService.Write, with a "
+        "progress bar and a summary of what was stored and rejected. Exits 1 when anything "
+        "was rejected or failed.",
+    )
+    send.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    send.add_argument(
+        "--target",
+        default="127.0.0.1:50051",
+        metavar="HOST:PORT",
+        help="server address [127.0.0.1:50051]",
+    )
+    send.add_argument(
+        "--timeout", type=float, default=30.0, metavar="SECONDS", help="per-request deadline [30]"
+    )
+    send.add_argument(
+        "--api-key",
+        metavar="KEY",
+        help="API key with the ingest scope (docs/auth.md) [$TURNSTREAM_API_KEY]",
+    )
+    keys_cli.add_parser(sub, _db_flag)
+    demo = sub.add_parser(
+        "demo",
+        help="fill the database with realistic generated executions",
+        description="Generate executions (workflows, models, tools, failures, triggers, cache "
+        "hits; the last --days days) and store them through the normal ingest path, so the "
+        "dashboard at / has something to show.",
+    )
+    _db_flag(demo)
+    demo.add_argument("--executions", type=int, default=2000, help="how many [2000]")
+    demo.add_argument("--days", type=int, default=21, help="history to spread them over [21]")
+    demo.add_argument("--seed", type=int, default=7, help="random seed [7]")
+    return parser
+
+
+def _serve_flags(serve: argparse.ArgumentParser) -> None:
     serve.add_argument(
         "--grpc-addr", metavar="HOST:PORT", help="gRPC listen address [127.0.0.1:50051]"
     )
@@ -115,47 +193,42 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="processes sharing the ports, one core each (use with PostgreSQL) [1]",
     )
+    serve.add_argument(
+        "--auth",
+        choices=["auto", "required"],
+        help="auto: with no API key created, a loopback-only server takes calls without a key "
+        "as tenant 'default'; required: every call needs a key [auto]",
+    )
+    serve.add_argument(
+        "--auth-cache-ttl",
+        type=float,
+        metavar="SECONDS",
+        help="how long a key check is cached: a revoked key stops working within this [5]",
+    )
     serve.add_argument("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING, ERROR [INFO]")
     serve.add_argument("--log-format", choices=["text", "json"], help="log line format [text]")
-
-    migrate = sub.add_parser(
-        "migrate",
-        help="create or upgrade the database schema",
-        description="Apply every pending migration to the database (idempotent).",
-        epilog=EPILOG,
+    serve.add_argument(
+        "--no-reflection",
+        dest="reflection",
+        action="store_const",
+        const=False,
+        help="turn off gRPC server reflection",
     )
-    _db_flag(migrate)
-
-    send = sub.add_parser(
-        "send",
-        help="send JSON files in Kubiya's batch format to a server",
-        description="Send files of Kubiya analytics batches ({execution_id, turns, tool_calls, "
-        "tasks}: one object, an array, or JSON Lines) through IngestService.Write, with a "
-        "progress bar and a summary of what was stored and rejected. Exits 1 when anything "
-        "was rejected or failed.",
+    serve.add_argument(
+        "--no-metrics",
+        dest="metrics",
+        action="store_const",
+        const=False,
+        help="turn off Prometheus metrics (/metrics and the gRPC/HTTP/ingest counters)",
     )
-    send.add_argument("files", nargs="+", type=Path, metavar="FILE")
-    send.add_argument(
-        "--target",
-        default="127.0.0.1:50051",
-        metavar="HOST:PORT",
-        help="server address [127.0.0.1:50051]",
+    serve.add_argument("--tls-cert", type=Path, metavar="FILE", help="TLS certificate (PEM)")
+    serve.add_argument("--tls-key", type=Path, metavar="FILE", help="TLS private key (PEM)")
+    serve.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        metavar="FILE",
+        help="CA (PEM) that signs client certificates: every client must present one (mTLS)",
     )
-    send.add_argument(
-        "--timeout", type=float, default=30.0, metavar="SECONDS", help="per-request deadline [30]"
-    )
-    demo = sub.add_parser(
-        "demo",
-        help="fill the database with realistic generated executions",
-        description="Generate executions (workflows, models, tools, failures, triggers, cache "
-        "hits; the last --days days) and store them through the normal ingest path, so the "
-        "dashboard at / has something to show.",
-    )
-    _db_flag(demo)
-    demo.add_argument("--executions", type=int, default=2000, help="how many [2000]")
-    demo.add_argument("--days", type=int, default=21, help="history to spread them over [21]")
-    demo.add_argument("--seed", type=int, default=7, help="random seed [7]")
-    return parser
 
 
 def _db_flag(parser: argparse.ArgumentParser) -> None:
@@ -170,9 +243,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     options = {k: v for k, v in vars(args).items() if k != "command"}
     try:
+        if args.command == "config":
+            settings = _valid(Settings.from_env(**options))
+            for name, value in masked(settings).items():
+                print(f"{ENV_PREFIX}{name.upper()}={value}")
+            return 0
         if args.command == "serve":
-            settings = Settings.from_env(**options)
+            settings = _valid(Settings.from_env(**options))
             _setup_logging(settings.log_level, settings.log_format)
+            # Before prometheus_client is imported (by the server): --workers share metrics.
+            from turnstream.metrics import procs
+
+            settings = procs.prepare(settings)
             from turnstream.server import serve
 
             asyncio.run(serve(settings))
@@ -186,6 +268,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             migrate(engine)
             print(f"database {engine.url.render_as_string(hide_password=True)} is up to date")
             return 0
+        if args.command == "keys":
+            settings = Settings.from_env(database_url=args.database_url)
+            _setup_logging("WARNING", "text")
+            return keys_cli.run(args, settings.database_url)
         if args.command == "demo":
             settings = Settings.from_env(database_url=args.database_url)
             _setup_logging("WARNING", "text")
@@ -197,8 +283,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             _setup_logging("WARNING", "text")
             from turnstream.send import send_files
 
-            summary = asyncio.run(send_files(args.files, args.target, timeout=args.timeout))
+            # A key on the command line shows in `ps`; the variable does not.
+            key = args.api_key or os.environ.get("TURNSTREAM_API_KEY")
+            metadata = [("authorization", f"Bearer {key}")] if key else []
+            summary = asyncio.run(
+                send_files(args.files, args.target, timeout=args.timeout, metadata=metadata)
+            )
             return 1 if (summary.rejected or summary.failed_files) else 0
+    except InvalidSettings as exc:
+        print(f"turnstream: error: {exc}", file=sys.stderr)
+        return 2
     except (ValueError, OSError) as exc:
         print(f"turnstream: error: {exc}", file=sys.stderr)
         return 2

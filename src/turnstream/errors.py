@@ -40,6 +40,13 @@ FAILURES: dict[str, Failure] = {
     "NOT_FOUND": Failure(code_pb2.NOT_FOUND, 404),
     "UNAUTHENTICATED": Failure(code_pb2.UNAUTHENTICATED, 401),
     "PERMISSION_DENIED": Failure(code_pb2.PERMISSION_DENIED, 403),
+    # Who is calling (core/auth.py, docs/auth.md): present a valid key, or one with the scope.
+    "API_KEY_MISSING": Failure(code_pb2.UNAUTHENTICATED, 401),
+    "API_KEY_MALFORMED": Failure(code_pb2.UNAUTHENTICATED, 401),
+    "API_KEY_INVALID": Failure(code_pb2.UNAUTHENTICATED, 401),
+    "API_KEY_REVOKED": Failure(code_pb2.UNAUTHENTICATED, 401),
+    "API_KEY_EXPIRED": Failure(code_pb2.UNAUTHENTICATED, 401),
+    "SCOPE_MISSING": Failure(code_pb2.PERMISSION_DENIED, 403),
     # A stream's state moved under the caller: reopen and resume.
     "STREAM_FENCED": Failure(code_pb2.ABORTED, 409),
     "STREAM_CONFLICT": Failure(code_pb2.ABORTED, 409),
@@ -88,6 +95,14 @@ def retry_after_of(st: status_pb2.Status) -> float | None:
     return None
 
 
+def retry_after_seconds(st: status_pb2.Status) -> int | None:
+    """RetryInfo's delay in the whole seconds of http_error's `Retry-After` (rounded up, at
+    least 1), or None without RetryInfo. The gRPC door sends it as `retry-after` metadata:
+    proxies (Envoy's rate_limited_retry_back_off) read that header, never RetryInfo."""
+    delay = retry_after_of(st)
+    return None if delay is None else max(1, round(delay + 0.499))
+
+
 def http_status_of(st: status_pb2.Status) -> int:
     failure = FAILURES.get(reason_of(st))
     if failure is not None and failure.grpc_code == st.code:
@@ -109,6 +124,8 @@ def http_error(st: status_pb2.Status) -> tuple[int, dict[str, Any], dict[str, st
         }
     }
     headers = {}
+    if st.code == code_pb2.UNAUTHENTICATED:
+        headers["WWW-Authenticate"] = 'Bearer realm="turnstream"'  # RFC 6750
     delay = retry_after_of(st)
     if delay is not None:
         headers["Retry-After"] = str(max(1, round(delay + 0.499)))
@@ -194,6 +211,25 @@ def too_large(field: str, limit: int, got: int, unit: str) -> status_pb2.Status:
         "REQUEST_TOO_LARGE",
         metadata={"field": field, "limit": str(limit)},
         violations=[FieldViolation(field=field, description=description, reason="TOO_LARGE")],
+    )
+
+
+def unauthenticated(message: str, reason: str, key_id: str = "") -> status_pb2.Status:
+    """The caller is not known: no key, or one that is malformed, unknown, revoked or expired.
+    The message never holds the secret; at most the key's public id."""
+    metadata = {"key_id": key_id} if key_id else None
+    return status(code_pb2.UNAUTHENTICATED, message, reason, metadata=metadata)
+
+
+def scope_missing(key_id: str, needed: str, held: Iterable[str]) -> status_pb2.Status:
+    """The key is valid but lacks the scope the call needs (PERMISSION_DENIED, 403)."""
+    have = ", ".join(sorted(held)) or "none"
+    return status(
+        code_pb2.PERMISSION_DENIED,
+        f"API key {key_id} has scopes [{have}]; this call needs the {needed!r} scope. "
+        f"Create a key with it: turnstream keys create --tenant TENANT --scopes {needed}",
+        "SCOPE_MISSING",
+        metadata={"key_id": key_id, "scope": needed},
     )
 
 

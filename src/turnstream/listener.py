@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import Generator
 from typing import Any
 
@@ -127,8 +128,22 @@ class HttpServer(uvicorn.Server):
         self.should_exit = True
 
 
-def server(app: Any, *, max_connections: int, timeout: float) -> HttpServer:
-    config = uvicorn.Config(
+class _Config(uvicorn.Config):
+    """uvicorn's config, given the SSLContext server.py builds (TLS, and CERT_REQUIRED with a
+    client CA), so the HTTP port's TLS rules are written next to the gRPC port's."""
+
+    tls: ssl.SSLContext | None = None
+
+    def load(self) -> None:
+        super().load()
+        if self.tls is not None:
+            self.ssl = self.tls
+
+
+def server(
+    app: Any, *, max_connections: int, timeout: float, tls: ssl.SSLContext | None = None
+) -> HttpServer:
+    config = _Config(
         app,
         http=protocol(max_connections, timeout),
         timeout_keep_alive=max(1, round(timeout)),
@@ -136,4 +151,5 @@ def server(app: Any, *, max_connections: int, timeout: float) -> HttpServer:
         lifespan="off",
         access_log=False,
     )
+    config.tls = tls
     return HttpServer(config)

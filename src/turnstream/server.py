@@ -4,7 +4,9 @@ within one deadline whatever the database does.
 
 Health: gRPC `grpc.health.v1` ("" and the IngestService) and HTTP `/readyz` follow the writer:
 NOT_SERVING / 503 while the database is unreachable or not answering, SERVING / 200 again by
-themselves when it answers (the writer probes it). `/healthz` only says the process is alive."""
+themselves when it answers (the writer probes it), and NOT_SERVING / 503 for good once a drain
+began. `/healthz` only says the process is alive (200 as long as it answers at all): a liveness
+probe must not restart a process because its database is down, nor cut a drain short."""
 
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from turnstream.config import Settings, split_addr
+from turnstream.core.auth import INGEST, Authenticator, anonymous_allowed
 from turnstream.core.pipeline import Pipeline
 from turnstream.core.pricing import PriceTable
 from turnstream.core.service import IngestCalls
@@ -38,16 +41,24 @@ from turnstream.doors import http_analytics, http_honeyhive, http_kubiya, http_n
 from turnstream.doors.admission import Admission
 from turnstream.doors.analytics_calls import AnalyticsCalls
 from turnstream.doors.grpc_analytics import AnalyticsServicer
+from turnstream.doors.grpc_auth import authorizer
 from turnstream.doors.grpc_guard import add_guarded
 from turnstream.doors.grpc_ingest import IngestServicer
 from turnstream.doors.grpc_stream import STOP_TIMEOUT, StreamDoor
 from turnstream.doors.http import HttpContext, build_app
 from turnstream.listener import HttpServer
 from turnstream.listener import server as http_server
+from turnstream.metrics import procs
+from turnstream.metrics.grpc_server import MetricsInterceptor
+from turnstream.metrics.http import HttpMetrics
+from turnstream.metrics.http import endpoint as metrics_endpoint
+from turnstream.metrics.registry import Metrics
 from turnstream.store.analytics_reads import AnalyticsReads
 from turnstream.store.engine import create_engine, migrate
+from turnstream.store.keys import KeyStore
 from turnstream.store.queries import Reads
 from turnstream.store.writer import Writer
+from turnstream.tls import grpc_credentials, http_tls
 from turnstream.v1 import analytics_pb2, analytics_pb2_grpc, ingest_pb2, ingest_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -96,6 +107,26 @@ class Server:
         self._streaming: StreamDoor | None = None
         self._serving = False
         self._health_updates: set[asyncio.Task[None]] = set()
+        self.metrics: Metrics | None = None
+        self._sampling: asyncio.Task[None] | None = None
+        self.authenticator: Authenticator | None = None
+
+    async def _authenticator(self, engine: sa.Engine) -> Authenticator:
+        """The one key checker of every door (docs/auth.md); refuses to start on an address
+        others can reach while no key exists."""
+        s = self.settings
+        for addr in (s.grpc_addr, s.http_addr):
+            split_addr(addr)  # a malformed address is named as such, before anything else
+        keys = KeyStore(engine)
+        exist = await asyncio.to_thread(keys.any_active_now)
+        listeners = {"gRPC": s.grpc_addr, "HTTP": s.http_addr}
+        anonymous = anonymous_allowed(s.auth, listeners, exist)
+        if anonymous and not exist:
+            log.warning(
+                "no API key exists: calls without a key are taken as tenant 'default' (loopback "
+                "only); `turnstream keys create` turns this off"
+            )
+        return Authenticator(keys, anonymous=anonymous, ttl=s.auth_cache_ttl)
 
     async def start(self) -> None:
         s = self.settings
@@ -103,6 +134,7 @@ class Server:
         self.engine = create_engine(s.database_url, db_timeout=s.db_timeout)
         if s.auto_migrate:
             await asyncio.to_thread(migrate, self.engine)
+        self.authenticator = auth = await self._authenticator(self.engine)
         self.writer = Writer(
             self.engine,
             max_flush_rows=s.max_flush_rows,
@@ -113,10 +145,15 @@ class Server:
         await self.writer.start()
         pipeline = Pipeline(prices)
         self._streaming = StreamDoor(pipeline, self.writer, s)
+        interceptors = []
+        if s.metrics:
+            self.metrics = self._observe(pipeline, self.writer, self._streaming)
+            interceptors.append(MetricsInterceptor(self.metrics))
         calls = IngestCalls(
             pipeline, self.writer, s.max_request_records, self.writer.committed_offset
         )
-        servicer = IngestServicer(calls, self._streaming)
+        authorize = authorizer(auth)
+        servicer = IngestServicer(calls, self._streaming, authorize, auth.recheck)
 
         # Without --workers a second server on the same port must fail, not silently share it.
         reuse = [("grpc.so_reuseport", 1 if s.reuse_port else 0)]
@@ -124,34 +161,41 @@ class Server:
             ("grpc.max_receive_message_length", s.max_message_bytes),
             ("grpc.max_send_message_length", s.max_message_bytes),
         ]
-        self._grpc = grpc.aio.server(options=GRPC_OPTIONS + sizes + reuse)
+        self._grpc = grpc.aio.server(
+            options=GRPC_OPTIONS + sizes + reuse, interceptors=interceptors
+        )
         add_guarded(
             ingest_pb2_grpc.add_IngestServiceServicer_to_server,
             servicer,
             self._grpc,
             servicer.malformed,
             Admission(s.max_inflight_bytes),
+            gate=lambda context: authorize(context, INGEST),
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         # The read side: its own connections (Reads), never the writer's.
         reads = Reads(self.engine)
         analytics = AnalyticsCalls(AnalyticsReads(reads))
         analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server(
-            AnalyticsServicer(analytics), self._grpc
+            AnalyticsServicer(analytics, authorize), self._grpc
         )
-        reflection.enable_server_reflection(
-            [
-                SERVICE,
-                ANALYTICS,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ],
-            self._grpc,
-        )
+        if s.reflection:
+            reflection.enable_server_reflection(
+                [
+                    SERVICE,
+                    ANALYTICS,
+                    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                    reflection.SERVICE_NAME,
+                ],
+                self._grpc,
+            )
         host, port = split_addr(s.grpc_addr)
-        self.grpc_port = self._grpc.add_insecure_port(
-            f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        )
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        credentials = grpc_credentials(s)
+        if credentials is None:
+            self.grpc_port = self._grpc.add_insecure_port(address)
+        else:
+            self.grpc_port = self._grpc.add_secure_port(address, credentials)
         if self.grpc_port == 0:
             raise OSError(f"cannot listen on {s.grpc_addr} (gRPC): address in use or not local")
         await self._grpc.start()
@@ -160,6 +204,7 @@ class Server:
             self.writer,
             max_body_bytes=s.http_max_body_bytes,
             max_request_records=s.max_request_records,
+            authenticate=auth.authenticate,
             find_task=reads.find_task,
         )
         # Each wire format's JSON routes, composed on the HTTP listener, and their OpenAPI.
@@ -175,7 +220,12 @@ class Server:
             Route("/readyz", self._readyz),
             *openapi.routes(openapi_document()),
         ]
-        await self._start_http(build_app(http, formats, extra))
+        if self.metrics is not None:
+            extra.append(Route("/metrics", metrics_endpoint(self.metrics)))
+        app = build_app(http, formats, extra)
+        if self.metrics is not None:
+            app.add_middleware(HttpMetrics, metrics=self.metrics)
+        await self._start_http(app)
         self._serving = True
         await self._publish_health(self.writer.healthy, self.writer.health_reason)
         log.info(
@@ -186,6 +236,27 @@ class Server:
             self.http_port,
             self.engine.url.render_as_string(hide_password=True),
         )
+
+    def _observe(self, pipeline: Pipeline, writer: Writer, streaming: StreamDoor) -> Metrics:
+        """The metrics of this process: the writer tells each flush; gauges and the pipeline's
+        totals are read when a scrape comes (and every second when other processes' scrapes
+        read this one's files)."""
+        metrics = Metrics(str(self.settings.metrics_dir) if self.settings.metrics_dir else None)
+        writer.on_flush = metrics.on_flush
+        unpriced = [0]
+
+        def sample() -> None:
+            metrics.pending_rows.set(writer.stats.pending_rows)
+            metrics.open_streams.set(streaming.open_streams)
+            metrics.database_up.set(1 if writer.healthy else 0)
+            if pipeline.unpriced_total > unpriced[0]:
+                metrics.unpriced.inc(pipeline.unpriced_total - unpriced[0])
+                unpriced[0] = pipeline.unpriced_total
+
+        metrics.sampler(sample)
+        if metrics.multiprocess_dir is not None:
+            self._sampling = asyncio.create_task(_every(1.0, metrics.sample), name="metrics")
+        return metrics
 
     async def _start_http(self, app: Starlette) -> None:
         self.http_app = app
@@ -206,6 +277,7 @@ class Server:
             app,
             max_connections=self.settings.http_max_connections,
             timeout=self.settings.http_timeout,
+            tls=http_tls(self.settings),
         )
         self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]))
         # start() returns once both listeners accept connections.
@@ -216,10 +288,9 @@ class Server:
             await asyncio.sleep(0.01)
 
     async def _healthz(self, _request: Request) -> JSONResponse:
-        """Liveness: the process answers (200), unless it is draining for a shutdown."""
-        if self._serving:
-            return JSONResponse({"status": "serving"})
-        return JSONResponse({"status": "draining"}, status_code=503)
+        """Liveness: 200 while the process answers at all, draining included (a liveness probe
+        that failed during a drain would have the process killed before it finished)."""
+        return JSONResponse({"status": "serving" if self._serving else "draining"})
 
     async def _readyz(self, _request: Request) -> JSONResponse:
         """Readiness: 200 only while serving with a database that answers; else 503 and why."""
@@ -262,6 +333,8 @@ class Server:
 
         self._serving = False
         await self.health.enter_graceful_shutdown()
+        if self._sampling is not None:
+            self._sampling.cancel()
         if self._streaming is not None:
             try:
                 # drain() takes up to STOP_TIMEOUT past its grace to end late calls.
@@ -307,12 +380,10 @@ class Server:
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then drain within settings.shutdown_grace. With
     settings.workers > 1, this process also starts and stops the other workers."""
-    if settings.workers < 1:
-        raise ValueError(f"--workers must be at least 1, got {settings.workers}")
+    problems = settings.validate()
+    if problems:
+        raise ValueError("invalid settings: " + "; ".join(problems))
     if settings.workers > 1:
-        for addr in (settings.grpc_addr, settings.http_addr):
-            if split_addr(addr)[1] == 0:
-                raise ValueError(f"--workers needs fixed ports; {addr} asks for a free one")
         settings = dataclasses.replace(settings, reuse_port=True)
     server = Server(settings)
     await server.start()
@@ -334,9 +405,19 @@ async def serve(settings: Settings) -> None:
         except subprocess.TimeoutExpired:
             log.error("worker %d did not stop in time; killing it", worker.pid)
             worker.kill()
+        procs.worker_exited(settings, worker.pid)
     # A database call stuck in the driver (a frozen server) is left on its daemon thread: it
     # cannot hold the process, and what it was doing was never acked.
     log.info("stopped")
+
+
+async def _every(seconds: float, fn: Callable[[], None]) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            fn()
+        except Exception:
+            log.exception("sampling the metrics failed")
 
 
 async def _bounded(fn: Callable[[], None], within: float) -> None:

@@ -62,3 +62,31 @@ async def test_dashboard_renders_in_chromium(sqlite_url: str, tmp_path: Path) ->
             assert problems == []
         finally:
             await browser.close()
+
+
+async def test_the_dashboard_sends_the_key_typed_into_it(sqlite_url: str) -> None:
+    """Once keys exist the page needs one: it says so, takes it in its key field, sends it as a
+    Bearer token and remembers it (localStorage) across reloads."""
+    from tests.integration.test_auth_doors import make_key
+
+    end = dt.datetime.now(dt.UTC)
+    await fill(sqlite_url, Spec(50, end - dt.timedelta(days=5), end, seed=3))
+    # The demo rows are tenant `default`; a key of that tenant reads them.
+    key, _ = make_key(sqlite_url, "default", "read")
+    async with running_server(sqlite_url) as server, async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = await browser.new_page()
+            await page.goto(f"http://127.0.0.1:{server.http_port}/")
+            await page.wait_for_selector("#error:not([hidden])")
+            assert "needs an API key" in await page.locator("#error").inner_text()
+            await page.fill("#apikey", key)
+            await page.dispatch_event("#apikey", "change")
+            await page.click("#filters button")
+            await page.wait_for_selector("#runs svg rect[data-value]")
+            assert await page.locator("#error").is_hidden()
+            await page.reload()
+            await page.wait_for_selector("#runs svg rect[data-value]")
+            assert await page.input_value("#apikey") == key
+        finally:
+            await browser.close()

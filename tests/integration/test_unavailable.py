@@ -3,6 +3,7 @@ the server carries on once the database is back. Uses its own PostgreSQL, never 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 
@@ -52,6 +53,12 @@ async def test_database_down_is_unavailable_with_retry_info_then_recovers(
         delay = error_details_pb2.RetryInfo()
         retry[0].Unpack(delay)
         assert delay.retry_delay.ToMilliseconds() > 0
+        # The same delay as `retry-after` metadata, for proxies that cannot read RetryInfo
+        # (Envoy's rate_limited_retry_back_off, deploy/envoy/envoy.yaml): whole seconds, up.
+        metadata = dict(info.value.trailing_metadata() or ())
+        assert metadata["retry-after"] == str(
+            max(1, math.ceil(delay.retry_delay.ToMilliseconds() / 1000))
+        )
 
         own_pg.start()
         again = await stub.Write(ingest_pb2.WriteRequest(turns=[turn(2)]))

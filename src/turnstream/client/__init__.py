@@ -10,6 +10,7 @@ unary calls. See docs/sdk.md.
 ...     await w.flush()     # everything above is committed and queryable
 """
 
+from turnstream.client.channel import tls_credentials
 from turnstream.client.convert import build
 from turnstream.client.errors import Rejection, RPCError, StreamError
 from turnstream.client.outbox import Limits
@@ -27,4 +28,5 @@ __all__ = [
     "SyncClient",
     "SyncStreamWriter",
     "build",
+    "tls_credentials",
 ]

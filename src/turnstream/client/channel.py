@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -30,3 +31,27 @@ def channel_for(
     if credentials is None:
         return grpc.aio.insecure_channel(target, options=merged)
     return grpc.aio.secure_channel(target, credentials, options=merged)
+
+
+def tls_credentials(
+    root_certificates: bytes | str | Path | None = None,
+    *,
+    client_certificate: bytes | str | Path | None = None,
+    client_key: bytes | str | Path | None = None,
+) -> grpc.ChannelCredentials:
+    """Credentials for a server with TLS: `root_certificates` (PEM, bytes or a file) verifies
+    it (None: the system's roots); a client certificate and its key answer mTLS. Pass the
+    result as `credentials=` to StreamWriter, Client or SyncClient."""
+    if (client_certificate is None) != (client_key is None):
+        raise ValueError("client_certificate and client_key go together: mTLS needs both")
+    return grpc.ssl_channel_credentials(
+        root_certificates=_pem(root_certificates),
+        private_key=_pem(client_key),
+        certificate_chain=_pem(client_certificate),
+    )
+
+
+def _pem(value: bytes | str | Path | None) -> bytes | None:
+    if value is None or isinstance(value, bytes):
+        return value
+    return Path(value).read_bytes()

@@ -17,6 +17,7 @@ import grpc
 from turnstream.client.backoff import Backoff
 from turnstream.client.channel import channel_for
 from turnstream.client.convert import to_record
+from turnstream.client.credentials import with_api_key
 from turnstream.client.errors import Rejection, RPCError, StreamError
 from turnstream.client.outbox import (
     BATCH_OVERHEAD,
@@ -82,6 +83,7 @@ class StreamWriter:
         *,
         channel_options: Sequence[tuple[str, Any]] | None = None,
         metadata: Sequence[tuple[str, str]] = (),
+        api_key: str | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         execution_id: str = "",
         max_batch_records: int = 500,
@@ -101,7 +103,7 @@ class StreamWriter:
         self.target = target
         self.stream_id = stream_id
         self._channel_options = channel_options
-        self._metadata = tuple(metadata)
+        self._metadata = with_api_key(metadata, api_key)
         self._credentials = credentials
         self._execution_id = execution_id
         self._max_batch_records = max_batch_records

@@ -16,6 +16,7 @@ import grpc
 from turnstream.client.backoff import Backoff
 from turnstream.client.channel import channel_options as merged_channel_options
 from turnstream.client.convert import build
+from turnstream.client.credentials import with_api_key
 from turnstream.client.errors import Rejection, RPCError, StreamError, raw_status
 from turnstream.client.stream import StreamWriter
 from turnstream.client.unary import RecordInput, retry_delay, write_request
@@ -171,6 +172,7 @@ class SyncClient:
         *,
         channel_options: Sequence[tuple[str, Any]] | None = None,
         metadata: Sequence[tuple[str, str]] = (),
+        api_key: str | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         timeout: float | None = 30.0,
         initial_backoff: float = 0.1,
@@ -185,7 +187,7 @@ class SyncClient:
             self._channel = grpc.secure_channel(target, credentials, options=options)
         self._stub = ingest_pb2_grpc.IngestServiceStub(self._channel)
         self.target = target
-        self._metadata = tuple(metadata)
+        self._metadata = with_api_key(metadata, api_key)
         self._timeout = timeout
         self._initial_backoff = initial_backoff
         self._max_backoff = max_backoff

@@ -15,6 +15,7 @@ import grpc
 from turnstream.client.backoff import Backoff
 from turnstream.client.channel import channel_for
 from turnstream.client.convert import build
+from turnstream.client.credentials import with_api_key
 from turnstream.client.errors import RPCError
 from turnstream.client.stream import StreamWriter
 from turnstream.v1 import ingest_pb2, ingest_pb2_grpc, records_pb2
@@ -61,6 +62,7 @@ class Client:
         *,
         channel_options: Sequence[tuple[str, Any]] | None = None,
         metadata: Sequence[tuple[str, str]] = (),
+        api_key: str | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         timeout: float | None = 30.0,
         initial_backoff: float = 0.1,
@@ -70,7 +72,7 @@ class Client:
     ) -> None:
         self.target = target
         self._channel_options = channel_options
-        self._metadata = tuple(metadata)
+        self._metadata = with_api_key(metadata, api_key)
         self._credentials = credentials
         self._timeout = timeout
         self._initial_backoff = initial_backoff

@@ -14,6 +14,7 @@ process-wide `Admission` budget, and only admitted requests are parsed and prepa
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ import grpc
 from google.protobuf.message import Message
 from google.protobuf.unknown_fields import UnknownFieldSet
 
+from turnstream import logctx
 from turnstream.doors.admission import Admission
 
 
@@ -39,6 +41,8 @@ _PREFIX = re.compile(r"^Error parsing message( with type '[^']*')?:?\s*")
 
 # (method's full name, the marker, context) -> awaitable that ends the call (it must abort)
 OnMalformed = Callable[[str, Malformed, Any], Awaitable[None]]
+# Runs before a unary request is admitted or parsed (the API key check); aborts to refuse.
+Gate = Callable[[Any], Awaitable[object]]
 
 
 def parse_problem(exc: BaseException) -> str:
@@ -99,8 +103,12 @@ def _guard_unary(
     parse: Callable[[bytes], Any],
     on_malformed: OnMalformed,
     admission: Admission,
+    gate: Gate | None,
 ) -> Any:
     async def guarded(data: bytes, context: Any) -> Any:
+        logctx.bind(request_id=request_id(context))
+        if gate is not None:
+            await gate(context)  # an unknown caller's bytes never take admission budget
         async with admission.admit(len(data)):
             request = parse(data)
             del data  # the parsed message is all that is needed from here on
@@ -112,24 +120,49 @@ def _guard_unary(
     return guarded
 
 
+def request_id(context: Any) -> str:
+    """The caller's x-request-id (a proxy's, say), or a new one: for log lines."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-request-id" and isinstance(value, str):
+            return value
+    return logctx.new_request_id()
+
+
 def _bytes(data: bytes) -> bytes:
     return data
 
 
-def guard(method: str, handler: Any, on_malformed: OnMalformed, admission: Admission) -> Any:
+def guard(
+    method: str,
+    handler: Any,
+    on_malformed: OnMalformed,
+    admission: Admission,
+    gate: Gate | None = None,
+) -> Any:
     """The same RpcMethodHandler with a deserializer that cannot raise; unary requests are
-    parsed only once admitted."""
+    parsed only once admitted (and get a request id for their log lines). `gate`, when given,
+    runs first on every unary call (the caller's key) and aborts the call to refuse it."""
     deserializer = handler.request_deserializer
     if deserializer is None:
         return handler
+    if handler.stream_stream is not None and inspect.iscoroutinefunction(handler.stream_stream):
+        handler = handler._replace(stream_stream=_with_request_id(handler.stream_stream))
     safe = _safe(deserializer, _message_name(deserializer))
     if handler.unary_unary is not None:
-        behavior = _guard_unary(method, handler.unary_unary, safe, on_malformed, admission)
+        behavior = _guard_unary(method, handler.unary_unary, safe, on_malformed, admission, gate)
         return handler._replace(request_deserializer=_bytes, unary_unary=behavior)
     if handler.unary_stream is not None:
-        behavior = _guard_unary(method, handler.unary_stream, safe, on_malformed, admission)
+        behavior = _guard_unary(method, handler.unary_stream, safe, on_malformed, admission, gate)
         return handler._replace(request_deserializer=_bytes, unary_stream=behavior)
     return handler._replace(request_deserializer=safe)
+
+
+def _with_request_id(behavior: Any) -> Any:
+    async def identified(requests: Any, context: Any) -> Any:
+        logctx.bind(request_id=request_id(context))
+        return await behavior(requests, context)
+
+    return identified
 
 
 class _Capture:
@@ -153,6 +186,7 @@ def add_guarded(
     server: grpc.aio.Server,
     on_malformed: OnMalformed,
     admission: Admission,
+    gate: Gate | None = None,
 ) -> None:
     """`add_FooServicer_to_server(servicer, server)`, with every method guarded."""
     capture = _Capture()
@@ -160,7 +194,7 @@ def add_guarded(
     if not capture.service:
         raise RuntimeError(f"{add_to_server.__name__} registered no service")
     handlers = {
-        method: guard(f"/{capture.service}/{method}", handler, on_malformed, admission)
+        method: guard(f"/{capture.service}/{method}", handler, on_malformed, admission, gate)
         for method, handler in capture.handlers.items()
     }
     server.add_generic_rpc_handlers(

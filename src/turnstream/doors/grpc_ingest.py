@@ -4,13 +4,17 @@ Failures to gRPC. Append and GetStream are handed to the streaming door."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import grpc
+from google.rpc import status_pb2
 
+from turnstream.core.auth import INGEST
 from turnstream.core.service import IngestCalls
 from turnstream.doors.grpc_answer import answer
+from turnstream.doors.grpc_auth import Authorize
 from turnstream.doors.grpc_guard import Malformed
 from turnstream.v1 import ingest_pb2, ingest_pb2_grpc
 
@@ -18,29 +22,33 @@ from turnstream.v1 import ingest_pb2, ingest_pb2_grpc
 class Streaming(Protocol):
     """The streaming door (doors/grpc_stream.py): serves an Append call."""
 
-    async def append(self, context: grpc.aio.ServicerContext[Any, Any], tenant: str) -> None: ...
-
-
-TenantOf = Callable[[grpc.aio.ServicerContext[Any, Any]], str]
-
-
-def default_tenant(_context: grpc.aio.ServicerContext[Any, Any]) -> str:
-    # Until auth lands every record belongs to tenant "default".
-    return "default"
+    async def append(
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        tenant: str,
+        recheck: Callable[[], Awaitable[status_pb2.Status | None]] | None = None,
+    ) -> None: ...
 
 
 class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
-    """Write and Create* here; Append and GetStream are handed to the streaming door."""
+    """Write and Create* here; Append and GetStream are handed to the streaming door. Every
+    RPC needs the `ingest` scope (GetStream too: it is how a writer resumes) and is bound to the
+    key's tenant."""
 
     def __init__(
         self,
         calls: IngestCalls,
         streaming: Streaming,
-        tenant_of: TenantOf = default_tenant,
+        authorize: Authorize,
+        recheck: Callable[[Any], Awaitable[status_pb2.Status | None]] | None = None,
     ):
         self.calls = calls
         self.streaming = streaming
-        self.tenant_of = tenant_of
+        self.authorize = authorize
+        self.recheck = recheck
+
+    async def tenant_of(self, context: grpc.aio.ServicerContext[Any, Any]) -> str:
+        return (await self.authorize(context, INGEST)).tenant
 
     async def malformed(
         self, method: str, bad: Malformed, context: grpc.aio.ServicerContext[Any, Any]
@@ -48,25 +56,23 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         """A request whose bytes do not parse: kept whole as a dead letter (nothing is lost,
         not even bad input), then answered INVALID_ARGUMENT."""
         door = "grpc." + method.rsplit("/", 1)[-1]
+        tenant = await self.tenant_of(context)  # an unknown caller leaves no dead letter
         await answer(
-            context,
-            self.calls.malformed(
-                self.tenant_of(context), door, bad.data, bad.message_name, bad.problem
-            ),
+            context, self.calls.malformed(tenant, door, bad.data, bad.message_name, bad.problem)
         )
 
     async def Write(
         self, request: ingest_pb2.WriteRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> ingest_pb2.WriteResponse:
         # The request was admitted (doors/grpc_guard.py) before it was parsed: bounded memory.
-        return await answer(
-            context, self.calls.write(request, self.tenant_of(context), "grpc.Write")
-        )
+        tenant = await self.tenant_of(context)
+        return await answer(context, self.calls.write(request, tenant, "grpc.Write"))
 
     async def _create(
         self, kind: str, record: Any, context: grpc.aio.ServicerContext[Any, Any], door: str
     ) -> Any:
-        return await answer(context, self.calls.create(kind, record, self.tenant_of(context), door))
+        tenant = await self.tenant_of(context)
+        return await answer(context, self.calls.create(kind, record, tenant, door))
 
     async def CreateTurn(
         self, request: ingest_pb2.CreateTurnRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -93,9 +99,16 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     ) -> None:
         # Coroutine style (context.read / context.write): reading and answering run as separate
         # tasks in the streaming door, which an async generator could not do.
-        await self.streaming.append(context, self.tenant_of(context))
+        # Checked at open; while the call lasts the key is re-checked (through the cache), and a
+        # key revoked or expired meanwhile ends the stream UNAUTHENTICATED within seconds.
+        principal = await self.authorize(context, INGEST)
+        recheck = None
+        if self.recheck is not None:
+            recheck = functools.partial(self.recheck, principal)
+        await self.streaming.append(context, principal.tenant, recheck)
 
     async def GetStream(
         self, request: ingest_pb2.GetStreamRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> ingest_pb2.GetStreamResponse:
-        return await answer(context, self.calls.get_stream(request, self.tenant_of(context)))
+        tenant = await self.tenant_of(context)
+        return await answer(context, self.calls.get_stream(request, tenant))

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 from google.protobuf import duration_pb2
+from google.rpc import status_pb2
 
 from turnstream.config import Settings
 from turnstream.core.pipeline import Pipeline
@@ -23,6 +25,11 @@ log = logging.getLogger(__name__)
 
 # After the grace period, calls still answering are ended; this bounds how long that takes.
 STOP_TIMEOUT = 1.0
+# How often an open call re-checks its caller's key (a dict lookup while the authenticator's
+# cache holds it): a revoked key ends the stream within this plus the cache's TTL.
+RECHECK_INTERVAL = 1.0
+
+Recheck = Callable[[], Awaitable[status_pb2.Status | None]]
 
 
 class StreamDoor:
@@ -49,16 +56,27 @@ class StreamDoor:
         """Streams with a live call (for metrics)."""
         return len(self._streams)
 
-    async def append(self, context: grpc.aio.ServicerContext[Any, Any], tenant: str) -> None:
-        """Serve one Append call until the client closes it, an error, a fence or a drain."""
+    async def append(
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        tenant: str,
+        recheck: Recheck | None = None,
+    ) -> None:
+        """Serve one Append call until the client closes it, an error, a fence, a drain, or
+        `recheck` answering a status (the caller's key was revoked)."""
         if self.draining:
             await abort(context, shutting_down())
         session = Session(self, context, tenant)
         finished = asyncio.get_running_loop().create_future()
         self._calls[session] = finished
+        watch = None
+        if recheck is not None:
+            watch = asyncio.create_task(_watch(session, recheck), name="append-recheck")
         try:
             await session.run()
         finally:
+            if watch is not None:
+                watch.cancel()
             del self._calls[session]
             finished.set_result(None)
 
@@ -100,3 +118,18 @@ class StreamDoor:
         key = (session.tenant, session.stream_id)
         if self._streams.get(key) is session:
             del self._streams[key]
+
+
+async def _watch(session: Session, recheck: Recheck) -> None:
+    """End `session` with recheck's status once it answers one."""
+    while True:
+        await asyncio.sleep(RECHECK_INTERVAL)
+        try:
+            problem = await recheck()
+        except Exception:  # a failing check must not end a healthy stream; the next one may
+            log.exception("re-checking the key of stream %r failed", session.stream_id)
+            continue
+        if problem is not None:
+            log.info("stream %r: %s; ending it", session.stream_id, problem.message)
+            session.stop(problem)
+            return

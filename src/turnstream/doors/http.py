@@ -16,14 +16,17 @@ from typing import Any
 
 from google.rpc import code_pb2, status_pb2
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from turnstream import errors
+from turnstream import errors, logctx
 from turnstream.core import ingest
+from turnstream.core.auth import INGEST, Principal
 from turnstream.core.pipeline import FieldViolation, Pipeline
-from turnstream.core.ports import StoreUnavailable
+from turnstream.core.ports import Failure, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +37,28 @@ async def no_tasks(_tenant: str, _task_id: str) -> tuple[str, str] | None:
     return None
 
 
-def default_tenant(_request: Request) -> str:
-    # Until auth lands every record belongs to tenant "default" (keys are accepted and ignored).
-    return "default"
+# Where `guarded` leaves the authenticated caller in the ASGI scope of a request.
+PRINCIPAL = "turnstream.principal"
+
+# (Authorization value, scope needed) -> the caller, or a Failure (core.auth.Authenticator).
+Authenticate = Callable[[str | None, str], Awaitable[Principal]]
+
+
+async def no_authenticator(_authorization: str | None, _scope: str) -> Principal:
+    # Fail closed: an app composed without an authenticator serves nobody.
+    raise Failure(errors.unauthenticated("no authenticator is configured", "API_KEY_INVALID"))
+
+
+def principal_of(request: Request) -> Principal:
+    """The caller `guarded` authenticated for this request."""
+    principal = request.scope.get(PRINCIPAL)
+    if not isinstance(principal, Principal):
+        raise RuntimeError(f"{request.url.path} is not a guarded route: no caller known")
+    return principal
+
+
+def tenant_of(request: Request) -> str:
+    return principal_of(request).tenant
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,10 +69,15 @@ class HttpContext:
     sink: ingest.Sink
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_request_records: int = 100_000
-    tenant_of: Callable[[Request], str] = default_tenant
+    authenticate: Authenticate = no_authenticator
     # (tenant, task_id) -> (execution_id, task_description) of a stored task, for updates
     # that name a task by its id alone (Kubiya's PATCH /tasks/{task_id}).
     find_task: Callable[[str, str], Awaitable[tuple[str, str] | None]] = no_tasks
+
+    @staticmethod
+    def tenant_of(request: Request) -> str:
+        """The tenant every write and read of this request is bound to (its key's)."""
+        return tenant_of(request)
 
 
 class HttpFailure(Exception):
@@ -162,13 +189,25 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 
 def guarded(
-    ctx: HttpContext, door: str, handler: Handler, answer: Callable[[HttpFailure], Response]
+    ctx: HttpContext,
+    door: str,
+    handler: Handler,
+    answer: Callable[[HttpFailure], Response],
+    scope: str = INGEST,
 ) -> Handler:
-    """Run a route's handler; every failure is answered through `answer` (the format's error
-    shape), its body kept as a dead letter first, and unexpected errors get an incident id.
-    The store being down is a 503 with Retry-After, whatever the format."""
+    """Run a route's handler for an authenticated caller holding `scope` (401/403 otherwise,
+    before anything is read or kept); every failure is answered through `answer` (the format's
+    error shape), its body kept as a dead letter first, and unexpected errors get an incident
+    id. The store being down is a 503 with Retry-After, whatever the format. This is the one
+    door of every JSON route: a route that is not guarded has no tenant to read or write."""
 
     async def endpoint(request: Request) -> Response:
+        try:
+            principal = await ctx.authenticate(request.headers.get("authorization"), scope)
+        except Failure as failure:
+            return answer(HttpFailure(failure.status))
+        request.scope[PRINCIPAL] = principal
+        logctx.bind(tenant=principal.tenant)
         try:
             return await handler(request)
         except HttpFailure as failure:
@@ -198,4 +237,19 @@ def build_app(
     routes: list[BaseRoute] = [*extra]
     for make in route_sets:
         routes += make(ctx)
-    return Starlette(routes=routes)
+    return Starlette(routes=routes, middleware=[Middleware(RequestIds)])
+
+
+class RequestIds:
+    """Binds a request id for the log lines of each request: the caller's X-Request-ID (a
+    proxy's, say) or a new one."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            given = next((v for k, v in scope["headers"] if k == b"x-request-id"), None)
+            given_id = given.decode("latin-1") if given else None
+            logctx.bind(request_id=given_id or logctx.new_request_id())
+        await self.app(scope, receive, send)

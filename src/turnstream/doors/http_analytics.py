@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from turnstream import errors
+from turnstream.core.auth import READ
 from turnstream.core.ports import Failure
 from turnstream.doors import http_native
 from turnstream.doors.analytics_calls import AnalyticsCalls
@@ -303,7 +304,7 @@ def routes_for(calls: AnalyticsCalls) -> Callable[[HttpContext], list[BaseRoute]
         for rule in http_native.rules(SERVICE):
             make = getattr(pb, rule.method.input_type.name)
             call = invoke[rule.method.name]
-            out.append(http_native.route(ctx, rule, make, call, prefix="analytics_"))
+            out.append(http_native.route(ctx, rule, make, call, prefix="analytics_", scope=READ))
         own = (
             ("/api/analytics/batch", "POST", granite, "granite_batch"),
             (f"{KUBIYA}/executions/{{execution_id}}/details", "GET", details, "kubiya_details"),
@@ -320,7 +321,7 @@ def routes_for(calls: AnalyticsCalls) -> Callable[[HttpContext], list[BaseRoute]
             out.append(
                 Route(
                     path,
-                    guarded(ctx, f"http.{name}", bound, native_answer),
+                    guarded(ctx, f"http.{name}", bound, native_answer, READ),
                     methods=[verb],
                     name=name,
                 )

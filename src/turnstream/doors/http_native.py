@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from turnstream import errors
+from turnstream.core.auth import INGEST
 from turnstream.core.ports import Failure
 from turnstream.core.service import IngestCalls
 from turnstream.doors.http import (
@@ -139,8 +140,10 @@ def route(
     make: Callable[[], Message],
     call: Invoke,
     prefix: str = "native_",
+    scope: str = INGEST,
 ) -> Route:
-    """The Starlette route of one rule: the request from body, query and path, then `call`."""
+    """The Starlette route of one rule: the request from body, query and path, then `call`,
+    for a caller holding `scope`."""
     name = rule.method.name
 
     async def handle(request: Request) -> Response:
@@ -175,7 +178,7 @@ def route(
 
     return Route(
         starlette_path(rule.path),
-        guarded(ctx, f"http.{name}", handle, native_answer),
+        guarded(ctx, f"http.{name}", handle, native_answer, scope),
         methods=[rule.verb],
         name=f"{prefix}{name}",
     )

@@ -169,7 +169,19 @@ class Document:
                 "records are answered field by field and kept as dead letters.",
             },
             "paths": self.paths,
-            "components": {"schemas": self.components},
+            "components": {
+                "schemas": self.components,
+                # docs/auth.md: `Bearer <key>` (Kubiya's `UserKey <key>` is accepted too).
+                "securitySchemes": {
+                    "apiKey": {
+                        "type": "http",
+                        "scheme": "bearer",
+                        "description": "A key from `turnstream keys create` "
+                        "(ts_<key_id>_<secret>). Not needed on a loopback server without keys.",
+                    }
+                },
+            },
+            "security": [{"apiKey": []}],
         }
 
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import grpc
 from google.rpc import status_pb2
 
-from turnstream import errors
+from turnstream import errors, logctx
 from turnstream.core.batch import BatchOutcome, StreamAdvance, WriteBatch
 from turnstream.core.pipeline import Prepared, answer_failures
 from turnstream.core.ports import StoreUnavailable, StreamConflict
@@ -176,6 +176,8 @@ class Session:
         if self.door.draining:
             return rules.shutting_down()
         self.stream_id = first.open.stream_id
+        # Every line logged for this call from here on (its reader task too) names the stream.
+        logctx.bind(stream_id=self.stream_id, tenant=self.tenant)
         try:
             state = await self._until(
                 asyncio.ensure_future(self.door.writer.open_stream(self.tenant, self.stream_id)),

@@ -211,6 +211,38 @@ streams = sa.Table(
     sa.Column("updated_at", UTCDateTime(), nullable=False),
 )
 
+# Who may call (core/auth.py, docs/auth.md). Small, global lookup tables: a request arrives with
+# a key and no tenant, so `api_keys` is keyed by the key's public id alone, and both tables are
+# *reference tables* on Citus (copied to every node, so the lookup never crosses nodes) rather
+# than distributed by tenant_id; `info["distribution"]` says so for the schema tests. They are
+# read through their own connections (store/keys.py), never the writer's.
+tenants = sa.Table(
+    "tenants",
+    metadata,
+    _id("tenant_id", primary_key=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    info={"distribution": "reference"},
+)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    # Public id, the middle of ts_<key_id>_<secret>: what a request is looked up by.
+    sa.Column("key_id", sa.String(32), primary_key=True),
+    _id("tenant_id", nullable=False),
+    # SHA-256 of the secret, hex (the secret itself is never stored).
+    sa.Column("secret_hash", sa.String(64), nullable=False),
+    # Comma-separated, sorted: "ingest,read".
+    sa.Column("scopes", sa.String(64), nullable=False),
+    sa.Column("name", sa.Text, nullable=False, server_default=""),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("revoked_at", UTCDateTime()),
+    sa.Column("expires_at", UTCDateTime()),
+    # `keys list --tenant`; and the anonymous-mode question "is any key un-revoked?".
+    sa.Index("ix_api_keys_tenant", "tenant_id", "created_at"),
+    info={"distribution": "reference"},
+)
+
 RECORD_TABLES: dict[str, sa.Table] = {
     "execution": executions,
     "turn": turns,

@@ -40,6 +40,10 @@ from turnstream.store.lane import Lane, SqliteFile
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# (batches, their results, seconds the flush took): told after every group commit, on the event
+# loop, before the callers are answered; for metrics. Must be quick and must not raise.
+FlushObserver = Callable[[list[WriteBatch], list["BatchOutcome | BaseException"], float], None]
+
 # Seconds beyond `timeout` before the writer gives up on a database call. On a live but slow
 # PostgreSQL the server's own statement_timeout (= timeout) fires first and ends the call cleanly;
 # the writer's deadline is for a server or network that does not answer at all.
@@ -110,6 +114,7 @@ class Writer:
         self._suspects = flush.Suspects()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self.on_flush: FlushObserver | None = None
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -307,6 +312,11 @@ class Writer:
         self._current = []
         self.stats.flushes += 1
         self.stats.last_flush_seconds = time.perf_counter() - started
+        if self.on_flush is not None:
+            try:
+                self.on_flush([p.batch for p in group], results, self.stats.last_flush_seconds)
+            except Exception:
+                log.exception("the flush observer failed")
         for pending, result in zip(group, results, strict=True):
             self.stats.pending_rows -= pending.size
             if isinstance(result, BaseException):

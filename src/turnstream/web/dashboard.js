@@ -123,9 +123,21 @@ function cards(target, items) {
   target.innerHTML = items.map(([label, value]) => `<div class="card"><b>${value}</b><span>${label}</span></div>`).join("");
 }
 
+// The API key (docs/auth.md): typed once, kept in localStorage, sent as a Bearer token.
+const KEY = "turnstream.apiKey";
+$("apikey").value = localStorage.getItem(KEY) || "";
+$("apikey").addEventListener("change", () => {
+  const key = $("apikey").value.trim();
+  if (key) localStorage.setItem(KEY, key); else localStorage.removeItem(KEY);
+});
+
 async function call(method, path, body) {
-  const res = await fetch(path, { method, headers: { "Content-Type": "application/json" }, body: body && JSON.stringify(body) });
+  const headers = { "Content-Type": "application/json" };
+  const key = $("apikey").value.trim();
+  if (key) headers.Authorization = "Bearer " + key;
+  const res = await fetch(path, { method, headers, body: body && JSON.stringify(body) });
   const json = await res.json();
+  if (res.status === 401 || res.status === 403) $("apikey").focus();
   if (!res.ok) throw new Error(json.error ? json.error.message : res.statusText);
   return json;
 }

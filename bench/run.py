@@ -298,11 +298,14 @@ def bench_dialect(name: str, url: str, ceiling_url: str, args: argparse.Namespac
         )
         out.append(line(f"paced at {half:,.0f} rec/s (half max)", paced, cpu / paced.records * 1e6))
         spread = ", ".join(f"{n}" for n in split.values()) or "not sampled"
+        # SQLite runs inside the server process: its CPU counts as the server's.
+        in_process = " (incl. SQLite's own work)" if name == "sqlite" else ""
         out += [
             "",
             "| target | figure | ceiling (same run) | |",
             "|---|---:|---:|---|",
-            f"| server CPU per record, batches of {args.batch}: ≤ 20 µs | {big_cpu:.1f} µs | — | "
+            f"| server CPU per record, batches of {args.batch}: ≤ 20 µs{in_process} | "
+            f"{big_cpu:.1f} µs | — | "
             f"{verdict(big_cpu <= 20)} |",
             f"| batches of {args.batch}: ≥ 60% of the raw ceiling | {big.rate():,.0f} rec/s = "
             f"**{big.rate() / raw:.0%}** | {raw:,.0f} rows/s | "

@@ -1,36 +1,22 @@
-"""Bench: a load generator speaking the Append protocol directly (no SDK), so that what is
-measured is the server. Requests are built before the clock starts."""
+"""Bench: a load generator speaking the Append protocol (and unary Write) directly (no SDK), so
+that what is measured is the server. Requests are built before the clock starts, from realistic
+records (bench/records.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import time
 from dataclasses import dataclass, field
 
 import grpc
 
+from bench import records as realistic
 from turnstream.v1 import ingest_pb2, ingest_pb2_grpc, records_pb2
-
-T0 = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
 
 
 def make_turn(stream: str, n: int) -> records_pb2.Turn:
-    t = records_pb2.Turn(
-        execution_id=stream,
-        turn_number=n,
-        model="claude-sonnet-4-5",
-        model_provider="anthropic",
-        input_tokens=1200 + n % 100,
-        output_tokens=300 + n % 50,
-        cache_read_tokens=4000,
-        finish_reason="tool_use",
-        tools_called_count=1,
-        tools_called_names=["read_file"],
-    )
-    t.started_at.FromDatetime(T0 + dt.timedelta(seconds=n))
-    t.completed_at.FromDatetime(T0 + dt.timedelta(seconds=n, milliseconds=800))
-    return t
+    """A realistic turn (kept under this name for bench/ceiling.py and older callers)."""
+    return realistic.make_turn(stream, n)
 
 
 def build_requests(stream: str, records: int, batch: int) -> list[ingest_pb2.AppendRequest]:
@@ -39,10 +25,52 @@ def build_requests(stream: str, records: int, batch: int) -> list[ingest_pb2.App
         n = min(batch, records - offset)
         req = ingest_pb2.AppendRequest()
         req.batch.offset = offset
-        for i in range(n):
-            req.batch.records.add().turn.CopyFrom(make_turn(stream, offset + i))
+        for kind, message in realistic.make_records(stream, offset, n):
+            getattr(req.batch.records.add(), kind).CopyFrom(message)
         out.append(req)
     return out
+
+
+def build_writes(prefix: str, requests: int, per_request: int) -> list[ingest_pb2.WriteRequest]:
+    """Unary Writes of `per_request` realistic turns, one execution each."""
+    out = []
+    for r in range(requests):
+        execution = f"{prefix}-{r}"
+        req = ingest_pb2.WriteRequest(execution_id=execution)
+        for i in range(per_request):
+            req.turns.add().CopyFrom(realistic.make_turn(execution, i + 1))
+        out.append(req)
+    return out
+
+
+async def drive_unary(
+    target: str, clients: int, requests_per_client: int, per_request: int, prefix: str
+) -> Result:
+    """`clients` connections, each sending its Writes one after the other."""
+    work = [build_writes(f"{prefix}-{c}", requests_per_client, per_request) for c in range(clients)]
+    result = Result()
+    local = [("grpc.use_local_subchannel_pool", 1)]
+    channels = [grpc.aio.insecure_channel(target, options=local) for _ in range(clients)]
+
+    async def client(channel: grpc.aio.Channel, requests: list[ingest_pb2.WriteRequest]) -> None:
+        stub = ingest_pb2_grpc.IngestServiceStub(channel)
+        for request in requests:
+            sent = time.perf_counter()
+            answer = await stub.Write(request, timeout=120)
+            result.latencies.append(time.perf_counter() - sent)
+            created = answer.counts.turns.created
+            if created != per_request:
+                raise RuntimeError(f"Write stored {created} of {per_request} turns: {answer}")
+            result.records += created
+
+    try:
+        start = time.perf_counter()
+        await asyncio.gather(*(client(ch, w) for ch, w in zip(channels, work, strict=True)))
+        result.seconds = time.perf_counter() - start
+    finally:
+        for channel in channels:
+            await channel.close()
+    return result
 
 
 @dataclass

@@ -171,8 +171,8 @@ def serve_with_fault(argv: list[str]) -> int:
 
     kind = pipeline.KINDS["turn"]
 
-    def turn_row(tenant_id: str, message: Any) -> Any:
-        row = kind.row(tenant_id, message)
+    def turn_row(tenant_id: str, message: Any, structs: Any = None) -> Any:
+        row = kind.row(tenant_id, message, structs)
         if message.model == POISON_MODEL:
             row["total_tokens"] = TOO_BIG
         return row

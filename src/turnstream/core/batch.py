@@ -11,6 +11,12 @@ from turnstream.core.rows import Row
 KINDS = ("execution", "turn", "tool_call", "task")
 
 
+def _per_kind() -> dict[str, list[Any]]:
+    # A literal, not a comprehension over KINDS: built twice per batch, and with one record per
+    # message that is twice per record.
+    return {"execution": [], "turn": [], "tool_call": [], "task": []}
+
+
 @dataclass(slots=True, frozen=True)
 class StreamAdvance:
     """Move stream_id from from_offset to to_offset, only if it is still there under epoch."""
@@ -26,7 +32,7 @@ class WriteBatch:
     """Rows of one request; stored in one transaction, merged by key with what is stored."""
 
     tenant_id: str
-    rows: dict[str, list[Row]] = field(default_factory=lambda: {k: [] for k in KINDS})
+    rows: dict[str, list[Row]] = field(default_factory=_per_kind)
     # Executions never sent explicitly: first start and last completion of their records.
     derived_executions: list[Row] = field(default_factory=list)
     rejected: list[Row] = field(default_factory=list)
@@ -35,7 +41,7 @@ class WriteBatch:
     # (same positions as `rows`): if the database refuses a row, the writer dead-letters it
     # with `core.deadletter.storage_failure` and the door answers it by the item's index.
     door: str = ""
-    sources: dict[str, list[Any]] = field(default_factory=lambda: {k: [] for k in KINDS})
+    sources: dict[str, list[Any]] = field(default_factory=_per_kind)
 
     def size(self) -> int:
         return sum(len(r) for r in self.rows.values()) + len(self.rejected)

@@ -11,7 +11,7 @@ from typing import Any, TypeAlias
 from google.protobuf.message import Message
 from google.rpc.error_details_pb2 import BadRequest
 
-from turnstream.core import deadletter, enrich, rows, validate
+from turnstream.core import deadletter, enrich, fastpath, rows, validate
 from turnstream.core.batch import BatchOutcome, StreamAdvance, WriteBatch
 from turnstream.core.pricing import PriceTable
 from turnstream.v1 import ingest_pb2, records_pb2
@@ -24,23 +24,40 @@ class _Kind:
     name: str
     enum: int
     validate: Callable[[Any, str, dt.datetime], list[FieldViolation]]
-    row: Callable[[str, Any], rows.Row]
+    row: Callable[[str, Any, rows.Structs], rows.Row]
+    # The generated check of core/fastpath.py: the record's Structs as JSON when it breaks no
+    # rule, None when the generic walk must say what it breaks (None: always the walk).
+    check: fastpath.Check | None
 
 
 KINDS: dict[str, _Kind] = {
-    "turn": _Kind("turn", records_pb2.RECORD_KIND_TURN, validate.validate_turn, rows.turn_row),
+    "turn": _Kind(
+        "turn",
+        records_pb2.RECORD_KIND_TURN,
+        validate.validate_turn,
+        rows.turn_row,
+        fastpath.make_check(records_pb2.Turn.DESCRIPTOR),
+    ),
     "tool_call": _Kind(
         "tool_call",
         records_pb2.RECORD_KIND_TOOL_CALL,
         validate.validate_tool_call,
         rows.tool_call_row,
+        fastpath.make_check(records_pb2.ToolCall.DESCRIPTOR),
     ),
-    "task": _Kind("task", records_pb2.RECORD_KIND_TASK, validate.validate_task, rows.task_row),
+    "task": _Kind(
+        "task",
+        records_pb2.RECORD_KIND_TASK,
+        validate.validate_task,
+        rows.task_row,
+        fastpath.make_check(records_pb2.Task.DESCRIPTOR),
+    ),
     "execution": _Kind(
         "execution",
         records_pb2.RECORD_KIND_EXECUTION,
         validate.validate_execution,
         rows.execution_row,
+        fastpath.make_check(records_pb2.Execution.DESCRIPTOR),
     ),
 }
 
@@ -91,23 +108,27 @@ class Pipeline:
         stream: StreamAdvance | None = None,
     ) -> Prepared:
         now = self.clock()
+        latest = (validate._as_utc(now) + validate.CLOCK_SKEW).timestamp()
         prepared = Prepared(WriteBatch(tenant_id, stream=stream, door=door))
         spans: dict[str, list[dt.datetime | None]] = {}
         for item in items:
             kind = KINDS[item.kind]
-            violations = kind.validate(item.message, item.path, now)
-            if item.found:
-                violations = [*item.found, *violations]
-            if violations:
-                self._reject(prepared, tenant_id, door, item, violations, now)
-                continue
-            if item.kind == "turn":
-                unpriced = not enrich.enrich_turn(item.message, self.prices)
-                # Only turns derive floats (costs, AEM) that valid inputs could overflow.
-                violations = validate.check_derived(item.message, item.path)
+            structs = None if kind.check is None else kind.check(item.message, latest)
+            if structs is None or item.found:
+                violations = kind.validate(item.message, item.path, now)
+                if item.found:
+                    violations = [*item.found, *violations]
                 if violations:
                     self._reject(prepared, tenant_id, door, item, violations, now)
                     continue
+            if item.kind == "turn":
+                unpriced = not enrich.enrich_turn(item.message, self.prices)
+                # Only turns derive floats (costs, AEM) that valid inputs could overflow.
+                if not validate.derived_finite(item.message):
+                    violations = validate.check_derived(item.message, item.path)
+                    if violations:
+                        self._reject(prepared, tenant_id, door, item, violations, now)
+                        continue
                 prepared.unpriced += unpriced
             elif item.kind == "tool_call":
                 enrich.enrich_tool_call(item.message)
@@ -115,7 +136,7 @@ class Pipeline:
                 enrich.enrich_task(item.message)
             else:
                 enrich.enrich_execution(item.message)
-            row = kind.row(tenant_id, item.message)
+            row = kind.row(tenant_id, item.message, structs)
             prepared.batch.rows[item.kind].append(row)
             prepared.batch.sources[item.kind].append(item)
             prepared.accepted.append(item)

@@ -54,6 +54,33 @@ class _End:
     store: asyncio.Future[BatchOutcome] | None = None
 
 
+async def _first(
+    loop: asyncio.AbstractEventLoop,
+    a: asyncio.Future[Any],
+    b: asyncio.Future[Any],
+    delay: float | None,
+) -> None:
+    """Until `a` or `b` is done or `delay` passed: asyncio.wait((a, b), delay, FIRST_COMPLETED)
+    without its sets and checks. It runs once per batch answered, which with one
+    record per message is once per record."""
+    waiter = loop.create_future()
+
+    def wake(_: object) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    a.add_done_callback(wake)
+    b.add_done_callback(wake)
+    timer = None if delay is None else loop.call_later(delay, wake, None)
+    try:
+        await waiter
+    finally:
+        a.remove_done_callback(wake)
+        b.remove_done_callback(wake)
+        if timer is not None:
+            timer.cancel()
+
+
 class _Interrupted(Exception):
     """The door stopped the call (fenced, or shutdown grace over): answer nothing more."""
 
@@ -246,11 +273,7 @@ class Session:
             if heartbeat and timeout <= 0:
                 await self._send(HEARTBEAT)
                 continue
-            await asyncio.wait(
-                (future, self._stopped),
-                timeout=timeout if heartbeat else None,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
+            await _first(loop, future, self._stopped, timeout if heartbeat else None)
         if self._stopped.done():
             future.cancel()
             raise _Interrupted

@@ -5,8 +5,10 @@ SQLite in dialects.py); small upserts skip COPY. A row COPY refuses is named (Ro
 from __future__ import annotations
 
 import datetime as dt
+import json
+import operator
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -48,6 +50,40 @@ def _pg_type(column: sa.Column[Any]) -> str:
         if type(t) is cls:
             return name
     raise TypeError(f"no COPY type for {column}")
+
+
+def _json_dumps() -> Callable[[Any], str]:
+    """json.dumps(value), with its C encoder built once instead of on every call (that was half
+    of json.dumps' cost, and COPY dumps every JSON column of every row): the same text and the
+    same TypeError for what JSON cannot hold. Not kept: the circular-reference check (rows are
+    built from protobuf messages, never cyclic)."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # a Python without the C accelerator
+        return json.dumps
+
+    def default(value: Any) -> Any:
+        raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+    encode = make(
+        None, default, json.encoder.encode_basestring_ascii, None, ": ", ", ", False, False, True
+    )
+    return lambda value: "".join(encode(value, 0))
+
+
+dumps_json = _json_dumps()
+
+
+def _values(
+    rows: Sequence[Row], cols: list[str], tail: tuple[Any, ...]
+) -> Iterator[tuple[Any, ...]]:
+    """Each row's values in column order, then `tail`: one itemgetter call per row (rows from
+    core/rows.py hold every column); a row missing a column (None = keep) is read by name."""
+    getter = operator.itemgetter(*cols)
+    for row in rows:
+        try:
+            yield getter(row) + tail
+        except KeyError:
+            yield tuple(row.get(c) for c in cols) + tail
 
 
 class PostgresDialect(SqlDialect):
@@ -132,7 +168,7 @@ class PostgresDialect(SqlDialect):
                         row = list(row)
                         for i in json_at:
                             if row[i] is not None:
-                                row[i] = Jsonb(row[i])
+                                row[i] = Jsonb(row[i], dumps_json)
                     try:
                         copy.write_row(row)
                     except (OverflowError, ValueError, TypeError, psycopg.DataError) as exc:
@@ -159,7 +195,7 @@ class PostgresDialect(SqlDialect):
         because COPY names a refused row (RowRefused). `refused` is not used: a refused row
         fails the COPY (which cannot go on past it), so it is always RowRefused."""
         cols = key_columns(table) + data_columns(table) + list(BOOKKEEPING)
-        values = ([r.get(c) for c in cols[:-3]] + [1, now, now] for r in rows)
+        values = _values(rows, cols[:-3], (1, now, now))
         nkeys = len(key_columns(table))
         if len(rows) < self.copy_threshold and not again:
             returned = self._insert_many(conn, table.name, cols, values, self._upsert_tail(table))
@@ -183,4 +219,4 @@ class PostgresDialect(SqlDialect):
     def _value(self, value: Any) -> Any:
         from psycopg.types.json import Jsonb
 
-        return Jsonb(value) if isinstance(value, dict | list) else value
+        return Jsonb(value, dumps_json) if isinstance(value, dict | list) else value

@@ -34,9 +34,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 HEARTBEAT = ingest_pb2.AppendResponse(heartbeat=ingest_pb2.Heartbeat())
-# Records prepared between two yields to the event loop: ~2.5 ms of pipeline on this machine
-# (a batch of 500 held the loop ~12 ms in one piece).
-STEP = 100
+# Records prepared between two yields to the event loop: ~1.2 ms of pipeline on this machine
+# (a batch of 500 held the loop ~12 ms in one piece; docs/benchmarks.md compares 100 and 50).
+STEP = 50
 
 
 @dataclass(slots=True)

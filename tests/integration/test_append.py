@@ -274,6 +274,28 @@ async def test_invalid_records_are_acked_with_rejections_and_kept(database_url: 
         assert (await next_ack(call)).committed_offset == 5
 
 
+async def test_a_long_batch_prepared_in_parts_is_answered_as_one(database_url: str) -> None:
+    """More than STEP records are prepared a part at a time (stream_session.py): the ack, its
+    rejections' indexes and field paths, and the dead letters' offsets are those of the batch."""
+    async with serving(database_url) as (_, stub):
+        call, _ = await open_stream(stub, "s")
+        records = turns(0, 130)  # turn k at index k - 1
+        records[76].turn.ClearField("started_at")  # in the second part
+        records[121] = ingest_pb2.Record()  # in the third
+        await call.write(batch(0, records))
+        ack = await next_ack(call)
+        assert (ack.outcome, ack.record_count, ack.committed_offset) == (APPENDED, 130, 130)
+        assert [r.index for r in ack.rejections] == [76, 121]
+        assert [v.field for v in ack.rejections[0].violations] == ["records[76].turn.started_at"]
+        assert [v.field for v in ack.rejections[1].violations] == ["records[121]"]
+        (dead,) = rows(database_url, "rejected_records")
+        assert (dead["stream_offset"], dead["violations"][0]["field"]) == (
+            76,
+            "records[76].turn.started_at",
+        )
+        assert stored_turns(database_url) == [n for n in range(1, 131) if n not in (77, 122)]
+
+
 async def test_second_open_fences_the_older_call(database_url: str) -> None:
     async with serving(database_url) as (_, stub):
         old, _ = await open_stream(stub, "s")

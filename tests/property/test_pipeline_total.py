@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from tests.property import strategies as s
 from tests.property.checks import check_row, check_total, strict_json
 from turnstream.core.batch import StreamAdvance
-from turnstream.core.pipeline import Pipeline, Prepared
+from turnstream.core.pipeline import Pipeline, Prepared, join
 from turnstream.core.pricing import PriceTable
 from turnstream.v1 import ingest_pb2, records_pb2
 
@@ -293,3 +293,55 @@ def test_a_struct_nested_past_the_wire_limit_is_rejected_at_its_path(extra: int)
     assert rejection.index == 1
     assert named(rejection.violations, {"turns[1].metrics"}), list(rejection.violations)
     assert all(v.field.startswith("turns[1].metrics") for v in rejection.violations)
+
+
+@pytest.mark.parametrize("hazards", HAZARDS[:1])
+def test_a_stream_batch_prepared_in_parts_is_the_batch_prepared_whole(hazards: s.Hazards) -> None:
+    """The stream door prepares a long batch a part at a time (StreamAdvance.first_index) and
+    joins the parts: the same rows, answers, field paths and offsets as preparing it whole."""
+
+    @settings(PURE, max_examples=25, phases=phases(hazards))
+    @given(append_batches(hazards), st.integers(1, 7))
+    def prepare(drawn: tuple[str, s.Shown], step: int) -> None:
+        stream_id, shown = drawn
+        batch: ingest_pb2.AppendBatch = shown.message
+        offset, count = batch.offset, len(batch.records)
+        advance = StreamAdvance(stream_id, 1, offset, offset + count)
+        again = []
+        for r in batch.records:
+            again.append(ingest_pb2.Record())
+            again[-1].CopyFrom(r)
+        with server_stack():
+            whole, blank = pipeline().prepare_append(
+                list(batch.records), "default", "grpc.Append", advance
+            )
+            parts, empty = [], []
+            for start in range(0, count, step):
+                stop = min(start + step, count)
+                part = StreamAdvance(stream_id, 1, offset + start, offset + stop, start)
+                got, none = pipeline().prepare_append(
+                    again[start:stop], "default", "grpc.Append", part
+                )
+                parts.append(got)
+                empty += none
+        if not parts:
+            return
+        joined = join(parts, advance)
+        assert joined.batch.stream == advance
+        assert [_answer(r) for r in joined.rejections] == [_answer(r) for r in whole.rejections]
+        assert empty == blank
+        assert [(i.index, i.offset, i.path) for i in joined.accepted] == [
+            (i.index, i.offset, i.path) for i in whole.accepted
+        ]
+        assert joined.batch.rows == whole.batch.rows
+        assert joined.batch.derived_executions == whole.batch.derived_executions
+        assert [r["stream_offset"] for r in joined.batch.rejected] == [
+            r["stream_offset"] for r in whole.batch.rejected
+        ]
+
+    prepare()
+
+
+def _answer(r: ingest_pb2.RecordRejection) -> tuple[int, int, list[tuple[str, str]]]:
+    # A Struct's entries come in map order, which a copy of the record need not keep.
+    return r.kind, r.index, sorted((v.field, v.reason) for v in r.violations)

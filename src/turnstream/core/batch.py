@@ -25,6 +25,9 @@ class StreamAdvance:
     epoch: int
     from_offset: int
     to_offset: int
+    # For the pipeline: the index, in its client message, of the record at from_offset (a long
+    # message is prepared a part at a time; answers and field paths still name its own index).
+    first_index: int = 0
 
 
 @dataclass(slots=True)

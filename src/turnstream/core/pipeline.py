@@ -191,9 +191,12 @@ class Pipeline:
         stream: StreamAdvance,
     ) -> tuple[Prepared, list[ingest_pb2.RecordRejection]]:
         """A stream batch: index = position in the batch, offset = stream.from_offset + index.
-        Empty records (no kind set) are answered here, as they have no kind to validate."""
+        Empty records (no kind set) are answered here, as they have no kind to validate.
+        With stream.first_index = n, `records` is a part of a message starting at its index n."""
         items, empty = [], []
-        for i, record in enumerate(records):
+        base = stream.first_index
+        for n, record in enumerate(records):
+            i = base + n
             which = record.WhichOneof("kind")
             if which is None:
                 empty.append(
@@ -216,10 +219,38 @@ class Pipeline:
                     getattr(record, which),
                     f"records[{i}].{which}",
                     i,
-                    stream.from_offset + i,
+                    stream.from_offset + n,
                 )
             )
         return self.prepare(tenant_id, door, items, stream=stream), empty
+
+
+def join(parts: Sequence[Prepared], stream: StreamAdvance) -> Prepared:
+    """A stream batch prepared in consecutive parts (each with its own StreamAdvance.first_index),
+    as one Prepared advancing the stream by `stream`: one writer batch, its rows and their
+    sources in order, so a refused row's position still finds its record."""
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0].batch
+    joined = Prepared(WriteBatch(first.tenant_id, stream=stream, door=first.door))
+    batch = joined.batch
+    spans: dict[str, list[dt.datetime | None]] = {}
+    for part in parts:
+        for kind, got in part.batch.rows.items():
+            if got:
+                batch.rows[kind] += got
+                batch.sources[kind] += part.batch.sources[kind]
+        batch.rejected += part.batch.rejected
+        for row in part.batch.derived_executions:
+            _widen(spans, row)
+        joined.rejections += part.rejections
+        joined.accepted += part.accepted
+        joined.unpriced += part.unpriced
+    batch.derived_executions = [
+        {"tenant_id": first.tenant_id, "execution_id": eid, "started_at": s, "completed_at": c}
+        for eid, (s, c) in spans.items()
+    ]
+    return joined
 
 
 def answer_failures(prepared: Prepared, outcome: BatchOutcome) -> None:

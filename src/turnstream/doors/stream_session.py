@@ -1,7 +1,11 @@
 """Door: one Append call, from `open` to its end. A reader task turns client messages into
 answer slots (in request order); the call's own coroutine answers each slot once its batch has
 committed. The pipeline validates, the writer stores and stream_rules.py decides what each
-message means and how a call ends; this module only sequences."""
+message means and how a call ends; this module only sequences.
+
+A batch of more than STEP records is prepared STEP records at a time with the event loop free
+between steps (and still stored as one batch): one large batch does not hold every other
+stream's reads and answers for the whole of its preparation."""
 
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from google.rpc import status_pb2
 
 from turnstream import errors, logctx
 from turnstream.core.batch import BatchOutcome, StreamAdvance, WriteBatch
-from turnstream.core.pipeline import Prepared, answer_failures
+from turnstream.core.pipeline import Prepared, answer_failures, join
 from turnstream.core.ports import StoreUnavailable, StreamConflict
 from turnstream.core.service import stream_id_problem
 from turnstream.doors import stream_rules as rules
@@ -30,6 +34,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 HEARTBEAT = ingest_pb2.AppendResponse(heartbeat=ingest_pb2.Heartbeat())
+# Records prepared between two yields to the event loop: ~1.2 ms of pipeline on this machine
+# (a batch of 500 held the loop ~12 ms in one piece; docs/benchmarks.md compares 100 and 50).
+STEP = 50
 
 
 @dataclass(slots=True)
@@ -303,7 +310,7 @@ class Session:
                 if message is grpc.aio.EOF:
                     self._slots.put_nowait(_End())
                     return
-                end = self._on_message(message)
+                end = await self._on_message(message)
                 if end is not None:
                     self._slots.put_nowait(end)
                     return
@@ -332,17 +339,17 @@ class Session:
                 return None
             raise
 
-    def _on_message(self, message: ingest_pb2.AppendRequest | Malformed) -> _End | None:
+    async def _on_message(self, message: ingest_pb2.AppendRequest | Malformed) -> _End | None:
         if isinstance(message, Malformed):
             return self._on_malformed(message)
         kind = message.WhichOneof("kind")
         if kind == "batch":
-            return self._on_batch(message.batch)
+            return await self._on_batch(message.batch)
         if kind == "heartbeat":
             return None
         return _End(rules.unexpected_message(kind))
 
-    def _on_batch(self, batch: ingest_pb2.AppendBatch) -> _End | None:
+    async def _on_batch(self, batch: ingest_pb2.AppendBatch) -> _End | None:
         """Decide what becomes of a batch and queue its answer slot (in request order)."""
         problem = rules.check_batch(batch, self._settings)
         if problem is not None:
@@ -358,9 +365,9 @@ class Session:
         if outcome == rules.APPENDED:
             advance = StreamAdvance(self.stream_id, self.epoch, offset, offset + count)
             try:
-                prepared, empty = self.door.pipeline.prepare_append(
-                    batch.records, self.tenant, rules.DOOR, advance
-                )
+                prepared, empty = await self._prepare(batch.records, advance)
+            except _Interrupted:
+                return None  # the call is over (fenced or stopped): nothing more is answered
             except Exception:
                 # The pipeline turns bad records into rejections and never raises; if it does
                 # anyway (a bug), end the call after answering what came before. The client
@@ -373,6 +380,33 @@ class Session:
         self._unanswered += 1
         self._slots.put_nowait(slot)
         return None
+
+    async def _prepare(
+        self, records: Any, advance: StreamAdvance
+    ) -> tuple[Prepared, list[ingest_pb2.RecordRejection]]:
+        """The pipeline's `prepare_append` of a batch (the seam), STEP records at a time."""
+        pipeline, count = self.door.pipeline, len(records)
+        if count <= STEP:
+            prepared, empty = pipeline.prepare_append(records, self.tenant, rules.DOOR, advance)
+            return prepared, empty
+        parts, empty = [], []
+        for start in range(0, count, STEP):
+            if start:
+                await asyncio.sleep(0)  # let the other streams' reads and answers run
+                if self._stopped.done():
+                    raise _Interrupted
+            stop = min(start + STEP, count)
+            step = StreamAdvance(
+                advance.stream_id,
+                advance.epoch,
+                advance.from_offset + start,
+                advance.from_offset + stop,
+                first_index=start,
+            )
+            part, none = pipeline.prepare_append(records[start:stop], self.tenant, rules.DOOR, step)
+            parts.append(part)
+            empty += none
+        return join(parts, advance), empty
 
     def _on_malformed(self, bad: Malformed) -> _End:
         """A message whose bytes do not parse: the caller's error, answered INVALID_ARGUMENT

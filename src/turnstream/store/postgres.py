@@ -214,13 +214,12 @@ class PostgresDialect(SqlDialect):
                 [one] * len(rows)
             )
             with conn.cursor() as cur:
-                cur.execute(self._rolled(kind, table, insert), params, prepare=False)
+                cur.execute(self._rolled(kind, table, insert), params)
                 returned = cur.fetchall()
             return {tuple(r[:nkeys]): r[nkeys] for r in returned}
         self._copy(conn, table, cols, values, into="isolate" if again else "stage")
         with conn.cursor() as cur:
-            # A rolled upsert is planned each time (see _rolled), the others prepared.
-            cur.execute(self._bulk(table, cols, again), prepare=False if kind else None)
+            cur.execute(self._bulk(table, cols, again))
             returned = cur.fetchall()
         return {tuple(r[:nkeys]): r[nkeys] for r in returned}
 

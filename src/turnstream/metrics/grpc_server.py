@@ -107,6 +107,19 @@ async def _counted(requests: AsyncIterator[Any], method: _Method) -> AsyncIterat
         yield request
 
 
+async def _one_answer(method: _Method, context: Any, call: Awaitable[Any]) -> Any:
+    """Await a call that answers once, and count its answer, code and latency."""
+    began = time.perf_counter()
+    try:
+        response = await call
+    except BaseException as exc:
+        method.done(_code(context, exc), began)
+        raise
+    method.sent.inc()
+    method.done(_code(context, None), began)
+    return response
+
+
 def _wrap(handler: grpc.RpcMethodHandler, method: _Method) -> grpc.RpcMethodHandler:
     if handler.unary_unary is not None:
         inner = handler.unary_unary
@@ -114,15 +127,7 @@ def _wrap(handler: grpc.RpcMethodHandler, method: _Method) -> grpc.RpcMethodHand
         async def unary_unary(request: Any, context: Any) -> Any:
             method.started.inc()
             method.received.inc()
-            began = time.perf_counter()
-            try:
-                response = await inner(request, context)
-            except BaseException as exc:
-                method.done(_code(context, exc), began)
-                raise
-            method.sent.inc()
-            method.done(_code(context, None), began)
-            return response
+            return await _one_answer(method, context, inner(request, context))
 
         return handler._replace(unary_unary=unary_unary)
 
@@ -135,15 +140,7 @@ def _wrap(handler: grpc.RpcMethodHandler, method: _Method) -> grpc.RpcMethodHand
 
         async def stream_unary(requests: Any, context: Any) -> Any:
             method.started.inc()
-            began = time.perf_counter()
-            try:
-                response = await inner_su(_counted(requests, method), context)
-            except BaseException as exc:
-                method.done(_code(context, exc), began)
-                raise
-            method.sent.inc()
-            method.done(_code(context, None), began)
-            return response
+            return await _one_answer(method, context, inner_su(_counted(requests, method), context))
 
         return handler._replace(stream_unary=stream_unary)
     if handler.stream_stream is not None:

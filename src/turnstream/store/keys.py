@@ -4,7 +4,6 @@ a group commit. The server only reads (through the authenticator's cache); the C
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
@@ -12,8 +11,8 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 
 from turnstream.core.auth import KeyRecord, NewKey, new_key, parse_scopes
-from turnstream.core.ports import StoreUnavailable
 from turnstream.store import schema
+from turnstream.store.queries import off_loop
 
 T = TypeVar("T")
 
@@ -56,12 +55,9 @@ class KeyStore:
         return await self._read(self.any_active_now)
 
     async def _read(self, run: Callable[[], T]) -> T:
-        try:
-            return await asyncio.to_thread(run)
-        except sa.exc.OperationalError as exc:
-            raise StoreUnavailable(
-                "the database is unavailable; the API key could not be checked", self.retry_after
-            ) from exc
+        return await off_loop(
+            run, "the database is unavailable; the API key could not be checked", self.retry_after
+        )
 
     # -- synchronous (the CLI, and the server's start-up check) --------------------------------
 

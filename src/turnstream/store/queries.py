@@ -17,6 +17,15 @@ from turnstream.v1 import records_pb2
 T = TypeVar("T")
 
 
+async def off_loop(run: Callable[[], T], unavailable: str, retry_after: float) -> T:
+    """`run` (blocking reads on a pooled connection, never the writer's) in a worker thread,
+    off the event loop; a database that cannot be reached is StoreUnavailable(`unavailable`)."""
+    try:
+        return await asyncio.to_thread(run)
+    except sa.exc.OperationalError as exc:
+        raise StoreUnavailable(unavailable, retry_after) from exc
+
+
 class Reads:
     def __init__(self, engine: sa.Engine, retry_after: float = 1.0) -> None:
         self.engine = engine
@@ -60,12 +69,9 @@ class Reads:
         return await self._read(run)
 
     async def _read(self, run: Callable[[], T]) -> T:
-        try:
-            return await asyncio.to_thread(run)
-        except sa.exc.OperationalError as exc:
-            raise StoreUnavailable(
-                "the database is unavailable; nothing was read, retry", self.retry_after
-            ) from exc
+        return await off_loop(
+            run, "the database is unavailable; nothing was read, retry", self.retry_after
+        )
 
 
 _EVENT_TABLES = (

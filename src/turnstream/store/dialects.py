@@ -122,9 +122,17 @@ class SqlDialect:
         cur.fetchall()
 
     def _insert_many(
-        self, conn: Any, table: str, cols: list[str], rows: Iterable[Sequence[Any]], tail: str
+        self,
+        conn: Any,
+        table: str,
+        cols: list[str],
+        rows: Iterable[Sequence[Any]],
+        tail: str,
+        *,
+        converted: bool = False,
     ) -> list[Any]:
-        """Multi-row INSERT … VALUES, chunked under the parameter limit."""
+        """Multi-row INSERT … VALUES, chunked under the parameter limit. `converted`: the
+        values are ready to bind (no `_value` each)."""
         rows = list(rows)
         per = max(1, self.max_params // len(cols))
         one = "(" + ", ".join([self.p] * len(cols)) + ")"
@@ -133,7 +141,10 @@ class SqlDialect:
         for i in range(0, len(rows), per):
             chunk = rows[i : i + per]
             sql = f"INSERT INTO {table} ({', '.join(cols)}) VALUES " + ", ".join([one] * len(chunk))
-            params = [self._value(v) for r in chunk for v in r]
+            if converted:
+                params = [v for r in chunk for v in r]
+            else:
+                params = [self._value(v) for r in chunk for v in r]
             cur = conn.cursor()
             cur.execute(sql + tail, params)
             if returning:

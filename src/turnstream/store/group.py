@@ -5,6 +5,7 @@ path (flush.py) and the guarded one (isolate.py)."""
 from __future__ import annotations
 
 import datetime as dt
+import operator
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, NamedTuple
@@ -131,11 +132,13 @@ def merge_group(
     """Merge rows with the same key; remember which batch sent which key, and whether it was the
     first to send it (the first is credited with the database's answer)."""
     keys = dialects.key_columns(table)
+    # One C call per row for its key (a tuple, as itemgetter of two or more names returns).
+    getter = operator.itemgetter(*keys) if len(keys) > 1 else lambda row: (row[keys[0]],)
     merged: dict[Key, Row] = {}
     order: list[Sent] = []
     for i, rows in per_batch:
         for position, row in enumerate(rows):
-            key = tuple(row[k] for k in keys)
+            key = getter(row)
             old = merged.get(key)
             if old is None:
                 merged[key] = row

@@ -23,9 +23,7 @@ from turnstream.store.dialects import (
     key_columns,
 )
 from turnstream.store.faults import RowRefused
-
-_COPY_LINE = re.compile(r"^COPY \S+, line (\d+)")
-
+from turnstream.store.rollup import ROLLED, Rollups
 
 _PG_TYPES: dict[type[Any], str] = {
     sa.String: "text",
@@ -38,6 +36,10 @@ _PG_TYPES: dict[type[Any], str] = {
 
 
 _COPY_LINE = re.compile(r"^COPY \S+, line (\d+)")
+
+
+# Base table -> the record kind whose rollup its upserts move.
+_ROLLED = {table: kind for kind, table in ROLLED.items()}
 
 
 def _pg_type(column: sa.Column[Any]) -> str:
@@ -101,6 +103,8 @@ class PostgresDialect(SqlDialect):
 
     def __init__(self, timeout: float | None = None) -> None:
         self.timeout = timeout
+        self._rollups = Rollups(self.name)
+        self._bulk_sql: dict[tuple[str, bool], str] = {}
 
     def prepare(self, conn: Any) -> None:
         with conn.cursor() as cur:
@@ -197,24 +201,56 @@ class PostgresDialect(SqlDialect):
         cols = key_columns(table) + data_columns(table) + list(BOOKKEEPING)
         values = _values(rows, cols[:-3], (1, now, now))
         nkeys = len(key_columns(table))
+        kind = _ROLLED.get(table.name)
         if len(rows) < self.copy_threshold and not again:
-            returned = self._insert_many(conn, table.name, cols, values, self._upsert_tail(table))
-            return {tuple(r[:nkeys]): r[nkeys] for r in returned}
-        names = ", ".join(cols)
-        if again:
-            self._copy(conn, table, cols, values, into="isolate")
-            head = f"WITH staged AS (DELETE FROM isolate_{table.name} RETURNING {names}) "
-            source = "staged"
-        else:
-            self._copy(conn, table, cols, values)
-            head, source = "", f"stage_{table.name}"
-        with conn.cursor() as cur:
-            cur.execute(
-                f"{head}INSERT INTO {table.name} ({names}) SELECT {names} FROM {source}"
-                + self._upsert_tail(table)
+            if kind is None:
+                tail = self._upsert_tail(table)
+                returned = self._insert_many(conn, table.name, cols, values, tail)
+                return {tuple(r[:nkeys]): r[nkeys] for r in returned}
+            # One statement: copy_threshold rows of every column stay under max_params.
+            params = [self._value(v) for r in values for v in r]
+            one = "(" + ", ".join(["%s"] * len(cols)) + ")"
+            insert = f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES " + ", ".join(
+                [one] * len(rows)
             )
+            with conn.cursor() as cur:
+                cur.execute(self._rolled(kind, table, insert), params)
+                returned = cur.fetchall()
+            return {tuple(r[:nkeys]): r[nkeys] for r in returned}
+        self._copy(conn, table, cols, values, into="isolate" if again else "stage")
+        with conn.cursor() as cur:
+            cur.execute(self._bulk(table, cols, again))
             returned = cur.fetchall()
         return {tuple(r[:nkeys]): r[nkeys] for r in returned}
+
+    def _bulk(self, table: sa.Table, cols: list[str], again: bool) -> str:
+        """The upsert from a staging table (its text is the same every time: psycopg prepares
+        it once per connection)."""
+        key = (table.name, again)
+        sql = self._bulk_sql.get(key)
+        if sql is None:
+            names = ", ".join(cols)
+            ctes = ""
+            if again:
+                ctes = f"staged AS (DELETE FROM isolate_{table.name} RETURNING {names}), "
+                source = "staged"
+            else:
+                source = f"stage_{table.name}"
+            insert = f"INSERT INTO {table.name} ({names}) SELECT {names} FROM {source}"
+            kind = _ROLLED.get(table.name)
+            if kind is not None:
+                sql = self._rolled(kind, table, insert, ctes)
+            else:
+                sql = (f"WITH {ctes.rstrip(', ')} " if ctes else "") + insert
+                sql += self._upsert_tail(table)
+            self._bulk_sql[key] = sql
+        return sql
+
+    def _rolled(self, kind: str, table: sa.Table, insert: str, ctes: str = "") -> str:
+        """`insert` + the upsert tail, in one statement that also moves the dashboard's
+        rollups by what it changed (store/rollup.py, moved_by)."""
+        upsert = insert + self._upsert_tail(table) + self._rollups.returning(kind)
+        return self._rollups.moved_by(kind, upsert, ctes)
 
     def _value(self, value: Any) -> Any:
         from psycopg.types.json import Jsonb

@@ -7,8 +7,11 @@ execution x tool, with the calls and the successes. Their grain keeps the dashbo
 time bucket is a union of UTC hours, and every filter is on the execution, joined at read time.
 
 They are kept exact by deltas taken from the base rows themselves, in the flush's transaction:
-the contribution of every record key the flush sends is read (grouped, in SQL) before the
-upserts and again after them, and the difference is added to the rollups. A replayed record
+the contribution of every record key the flush changes, after minus before, is added to the
+rollups. On PostgreSQL each upsert of turns or tool calls does it in its own statement
+(`moved_by`: the old rows from the statement's snapshot, the new ones from RETURNING); on
+SQLite, whose statements cannot modify in a CTE, the flushed keys' contribution is read
+(grouped, in SQL) before the upserts and again after them (`around`). A replayed record
 changes nothing (no difference), a record revised with other values moves its contribution
 (subtract old, add new, even to another hour or model), a row the database refused or a batch
 fenced by a newer stream contributes nothing; and all of it commits or rolls back with the
@@ -39,6 +42,9 @@ TOOL_KEYS = ("tool_name",)
 # required by validation; a provider or weight not sent is stored as '' or -1 — what the
 # dashboard makes of NULL anyway ('' provider; any weight below 0.8 is the basic tier).
 NO_PROVIDER, NO_WEIGHT = "", -1.0
+
+# The record kinds with a rollup, and their base tables.
+ROLLED = {"turn": "turns", "tool_call": "tool_calls"}
 
 Group = tuple[Any, ...]  # (execution_id, *key values)
 Sums = dict[Group, list[float]]
@@ -105,11 +111,20 @@ class Rollups:
 
     def around(self, conn: Any, batches: Sequence[WriteBatch], write: Callable[[Any], T]) -> T:
         """write(conn), and the rollups moved by what it changed, in the same transaction."""
+        if self.pg:
+            # The dialect's upserts move the rollups in their own statements (moved_by).
+            names = {
+                f"{batch.tenant_id}/{row['execution_id']}"
+                for batch in batches
+                for kind in ROLLED
+                for row in batch.rows[kind]
+            }
+            if names:
+                self._lock(conn, names)
+            return write(conn)
         keys = _keys(batches)
         if not keys:
             return write(conn)
-        if self.pg:
-            self._lock(conn, keys)
         before = {kind: self._sums(conn, kind, by_tenant) for kind, by_tenant in keys.items()}
         result = write(conn)
         for kind, by_tenant in keys.items():
@@ -118,21 +133,21 @@ class Rollups:
                 self._add(conn, kind, tenant, _minus(after[tenant], before[kind][tenant]))
         return result
 
-    def _lock(self, conn: Any, keys: dict[str, dict[str, list[tuple[str, str]]]]) -> None:
+    def _lock(self, conn: Any, names: set[str]) -> None:
         """PostgreSQL: serialise writers (replicas) touching the same executions until commit,
-        so a contribution read before the upserts cannot be stale — a concurrent transaction
-        storing the same key would otherwise be counted by both. Taken first in the transaction
-        and in one global order (the hash), so two writers cannot deadlock on them. SQLite
-        needs none: BEGIN IMMEDIATE already admits one writer at a time."""
-        names = sorted(
-            {f"{tenant}/{e}" for by in keys.values() for tenant, ks in by.items() for e, _ in ks}
-        )
+        so that the snapshot of every later statement holds their latest rows: the upsert
+        reads a key's old contribution from its snapshot, and a concurrent transaction storing
+        the same key would otherwise be counted by both. Row locks cannot replace it: a key not
+        stored yet has no row to lock, and two writers inserting it at once would each count it
+        (the concurrent-writers test does exactly that). Taken first in the transaction and in
+        one global order (the hash), so two writers cannot deadlock on them. SQLite needs none:
+        BEGIN IMMEDIATE already admits one writer at a time."""
         with conn.cursor() as cur:
             cur.execute(
                 """SELECT pg_advisory_xact_lock(h) FROM (
                     SELECT DISTINCT hashtextextended(n, 0) AS h FROM unnest(%s::text[]) n
                     ORDER BY h) s""",
-                (names,),
+                (sorted(names),),
             )
 
     def _sums(self, conn: Any, kind: str, by_tenant: dict[str, list[tuple[str, str]]]) -> Any:
@@ -174,16 +189,69 @@ class Rollups:
             cur.close()
         return out
 
-    def upsert_sql(self, kind: str) -> str:
-        """Adds a delta row to a rollup (its target is the primary key, tenant first)."""
+    def upsert_sql(self, kind: str, source: str | None = None) -> str:
+        """Adds delta rows to a rollup (its target is the primary key, tenant first): one row
+        of parameters, or the rows `source` (a SELECT of the rollup's columns in order)."""
         rollup, _, _ = self.selects[kind]
         keys, values = _columns(kind)
         pk = ("tenant_id", "execution_id", *keys)
         cols = (*pk, *values)
-        marks = ", ".join([self.p] * len(cols))
+        if source is None:
+            source = f"VALUES ({', '.join([self.p] * len(cols))})"
         sets = ", ".join(f"{v} = {rollup}.{v} + excluded.{v}" for v in values)
-        return f"""INSERT INTO {rollup} ({", ".join(cols)}) VALUES ({marks})
+        return f"""INSERT INTO {rollup} ({", ".join(cols)}) {source}
             ON CONFLICT ({", ".join(pk)}) DO UPDATE SET {sets}"""
+
+    def returning(self, kind: str) -> str:
+        """What moved_by's `upsert` must add to its RETURNING: the new rows' rolled columns."""
+        return ", " + ", ".join(_raw(kind))
+
+    def moved_by(self, kind: str, upsert: str, ctes: str = "") -> str:
+        """PostgreSQL: one statement that runs `upsert` and moves the rollup by what it
+        changed. `upsert` is an `INSERT … ON CONFLICT … RETURNING <key>, revision` into the
+        base table, followed by `returning(kind)`; the statement answers `<key>, revision`.
+
+        The base table read in `old` is the statement's snapshot: the rows as they were before
+        the upsert (every part of a statement sees one snapshot, whatever order they run in),
+        made current by the advisory lock taken in an earlier statement (`lock`). `up` gives
+        the new rows of the keys the upsert changed (RETURNING leaves out unchanged ones), so
+        the delta is new minus old over exactly those keys: what `around`'s reads before and
+        after computed, in the upsert's own statement. A group brought to zero rows is deleted
+        (`gone`, against the rollup's snapshot) instead of upserted: the two touch disjoint
+        rollup rows, as one statement must."""
+        rollup, base, _ = self.selects[kind]
+        keys, values = _columns(kind)
+        pk = ("tenant_id", "execution_id", *keys)
+        raw = _raw(kind)
+        if kind == "turn":
+            groups = (
+                f"{_hour('postgresql')} AS hour, COALESCE(model, '') AS model, "
+                f"COALESCE(model_provider, '{NO_PROVIDER}') AS model_provider, "
+                f"COALESCE(model_weight, {NO_WEIGHT}) AS model_weight"
+            )
+            sums = ", ".join(f"SUM(sign * COALESCE({c}, 0)) AS {c}" for c in TURN_SUMS)
+        else:
+            groups = "COALESCE(tool_name, '') AS tool_name"
+            sums = "SUM(CASE WHEN success THEN sign ELSE 0 END) AS successes"
+        count = values[0]
+        plain = ", ".join(raw)
+        nonzero = " OR ".join(f"{v} <> 0" for v in values)
+        same = " AND ".join(f"r.{c} = g.{c}" for c in pk)
+        by = ", ".join(str(i) for i in range(1, len(pk) + 1))
+        source = f"SELECT * FROM g WHERE NOT EXISTS (SELECT 1 FROM gone r WHERE {same})"
+        statement = f"""WITH {ctes}up AS ({upsert}),
+            old AS (SELECT b.tenant_id, b.execution_id, {", ".join(f"b.{c}" for c in raw)}
+                FROM {base} b JOIN up u ON b.tenant_id = u.tenant_id
+                AND b.execution_id = u.execution_id AND b.record_key = u.record_key),
+            s AS (SELECT 1 AS sign, tenant_id, execution_id, {plain} FROM up
+                UNION ALL SELECT -1, tenant_id, execution_id, {plain} FROM old),
+            g AS (SELECT * FROM (SELECT tenant_id, execution_id, {groups}, SUM(sign) AS {count},
+                {sums} FROM s GROUP BY {by}) d WHERE {nonzero}),
+            gone AS (DELETE FROM {rollup} r USING g WHERE {same} AND r.{count} + g.{count} = 0
+                RETURNING {", ".join(f"r.{c}" for c in pk)}),
+            moved AS ({self.upsert_sql(kind, source)})
+            SELECT tenant_id, execution_id, record_key, revision FROM up"""
+        return statement
 
     def _add(self, conn: Any, kind: str, tenant: str, delta: Sums) -> None:
         if not delta:
@@ -202,6 +270,13 @@ class Rollups:
                 cur.executemany(f"DELETE FROM {rollup} WHERE {where} AND {values[0]} = 0", emptied)
         finally:
             cur.close()
+
+
+def _raw(kind: str) -> tuple[str, ...]:
+    """The base table's columns a rollup row is computed from."""
+    if kind == "turn":
+        return ("started_at", "model", "model_provider", "model_weight", *TURN_SUMS)
+    return ("tool_name", "success")
 
 
 def _keys(batches: Sequence[WriteBatch]) -> dict[str, dict[str, list[tuple[str, str]]]]:

@@ -14,7 +14,7 @@ BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help venv run migrate test test-polyglot gen descriptor gen-check lint fmt types check bench \
-	bench-json bench-limits bench-analytics bench-pipeline \
+	bench-json bench-limits bench-analytics bench-pipeline bench-writer \
 	clean distclean
 
 help: ## List the targets
@@ -83,6 +83,9 @@ check: lint types gen-check test ## Everything CI runs: lint, types, gen-check, 
 
 bench: venv ## Run the streaming benchmarks in bench/ (BENCH_ARGS=...)
 	$(PY) -m bench.run $(BENCH_ARGS)
+
+bench-writer: venv ## CPU µs per record of the writer alone, in process, both dialects (BENCH_ARGS=...)
+	$(PY) -m bench.writer $(BENCH_ARGS)
 
 bench-pipeline: venv ## CPU µs per record of the core pipeline, per stage, in process (BENCH_ARGS=...)
 	$(PY) -m bench.pipeline $(BENCH_ARGS)

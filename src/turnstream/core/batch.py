@@ -58,6 +58,16 @@ class KindCounts:
     updated: int = 0
     unchanged: int = 0
 
+    def count(self, revision: int | None) -> None:
+        """One stored row by the revision its upsert returned: None when nothing changed (an
+        exact retry), 1 when it was new, more when an existing row changed."""
+        if revision is None:
+            self.unchanged += 1
+        elif revision == 1:
+            self.created += 1
+        else:
+            self.updated += 1
+
 
 @dataclass(slots=True, frozen=True)
 class FailedRow:

@@ -141,7 +141,7 @@ class Pipeline:
             prepared.batch.sources[item.kind].append(item)
             prepared.accepted.append(item)
             if item.kind != "execution":
-                _widen(spans, row)
+                rows.widen_span(spans, row)
         self.unpriced_total += prepared.unpriced
         self.rejected_total += len(prepared.rejections)
         prepared.batch.derived_executions = [
@@ -242,7 +242,7 @@ def join(parts: Sequence[Prepared], stream: StreamAdvance) -> Prepared:
                 batch.sources[kind] += part.batch.sources[kind]
         batch.rejected += part.batch.rejected
         for row in part.batch.derived_executions:
-            _widen(spans, row)
+            rows.widen_span(spans, row)
         joined.rejections += part.rejections
         joined.accepted += part.accepted
         joined.unpriced += part.unpriced
@@ -312,13 +312,3 @@ def iter_write_items(request: ingest_pb2.WriteRequest) -> Iterator[Item]:
             if default and not msg.execution_id:  # type: ignore[attr-defined]
                 msg.execution_id = default  # type: ignore[attr-defined]
             yield Item(kind, msg, f"{name}[{i}]", i)
-
-
-def _widen(spans: dict[str, list[dt.datetime | None]], row: rows.Row) -> None:
-    """Track first start and last completion per execution, for derived execution rows."""
-    span = spans.setdefault(row["execution_id"], [None, None])
-    started, completed = row.get("started_at"), row.get("completed_at")
-    if started is not None and (span[0] is None or started < span[0]):
-        span[0] = started
-    if completed is not None and (span[1] is None or completed > span[1]):
-        span[1] = completed

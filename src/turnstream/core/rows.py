@@ -159,3 +159,13 @@ def task_row(tenant_id: str, task: records_pb2.Task, structs: Structs = None) ->
 
 def execution_row(tenant_id: str, execution: records_pb2.Execution, structs: Structs = None) -> Row:
     return _EXECUTION(execution, tenant_id, structs)
+
+
+def widen_span(spans: dict[str, list[dt.datetime | None]], row: Row) -> None:
+    """Track first start and last completion per execution, for derived execution rows."""
+    span = spans.setdefault(row["execution_id"], [None, None])
+    started, completed = row.get("started_at"), row.get("completed_at")
+    if started is not None and (span[0] is None or started < span[0]):
+        span[0] = started
+    if completed is not None and (span[1] is None or completed > span[1]):
+        span[1] = completed

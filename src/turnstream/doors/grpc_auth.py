@@ -4,13 +4,14 @@ or `UserKey <key>`), checked by the one core Authenticator the HTTP doors use to
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 
 from turnstream import logctx
-from turnstream.core.auth import Authenticator, Principal
+from turnstream.core.auth import Authenticator, Principal, require
 from turnstream.core.ports import Failure
 from turnstream.doors.grpc_answer import abort
 
@@ -25,12 +26,24 @@ def authorization(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
     return None
 
 
+# The caller of the call being served, once known: a unary call's key is checked by the guard's
+# gate before admission, and the servicer's own check then only asks for the scope. Each call is
+# its own task, so the value never reaches another call.
+_known: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
+    "turnstream_principal", default=None
+)
+
+
 def authorizer(authenticator: Authenticator) -> Authorize:
     async def principal(context: grpc.aio.ServicerContext[Any, Any], scope: str) -> Principal:
         try:
+            known = _known.get()
+            if known is not None:
+                return require(known, scope)
             principal = await authenticator.authenticate(authorization(context), scope)
         except Failure as failure:
             await abort(context, failure.status)
+        _known.set(principal)
         logctx.bind(tenant=principal.tenant)  # every line logged for this call names it
         return principal
 

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 
 from turnstream.core.batch import KINDS, BatchOutcome, StreamAdvance, WriteBatch
-from turnstream.core.rows import Row
+from turnstream.core.rows import Row, widen_span
 from turnstream.store import dialects
 from turnstream.store.dialects import Key
 from turnstream.store.faults import StreamConflict
@@ -165,13 +165,7 @@ def count(kind: str, order: list[Sent], revisions: dict[Key, int], results: list
                 counts.updated += 1
             continue
         seen.add(sent.key)
-        revision = revisions.get(sent.key)
-        if revision is None:
-            counts.unchanged += 1
-        elif revision == 1:
-            counts.created += 1
-        else:
-            counts.updated += 1
+        counts.count(revisions.get(sent.key))
 
 
 def derive(batch: WriteBatch, bad: set[tuple[str, int]]) -> list[Row]:
@@ -184,12 +178,7 @@ def derive(batch: WriteBatch, bad: set[tuple[str, int]]) -> list[Row]:
         for position, row in enumerate(batch.rows[kind]):
             if (kind, position) in bad:
                 continue
-            span = spans.setdefault(row["execution_id"], [None, None])
-            started, completed = row.get("started_at"), row.get("completed_at")
-            if started is not None and (span[0] is None or started < span[0]):
-                span[0] = started
-            if completed is not None and (span[1] is None or completed > span[1]):
-                span[1] = completed
+            widen_span(spans, row)
     return [
         {"tenant_id": batch.tenant_id, "execution_id": e, "started_at": s, "completed_at": c}
         for e, (s, c) in spans.items()

@@ -276,14 +276,7 @@ class Guarded(GroupWrite):
                 continue
             outcome = self.results[s.batch]
             assert isinstance(outcome, BatchOutcome)
-            counts = outcome.counts[kind]
-            revision = got.get(s.key)
-            if revision is None:
-                counts.unchanged += 1
-            elif revision == 1:
-                counts.created += 1
-            else:
-                counts.updated += 1
+            outcome.counts[kind].count(got.get(s.key))
 
     def _store_derived(self, failed: dict[int, list[FailedRow]]) -> None:
         """Executions derived from the records that were stored (a dead-lettered record does not

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Makes sure the tools of the Node and Go conformance tests (tests/polyglot) are installed;
+# Makes sure the tools of the Node and Go conformance tests (tests/polyglot), and Debian's
+# chromium for the dashboard's browser test (tests/browser), are installed;
 # installs Debian's packages for what is missing when run as root. Idempotent: nothing is
 # installed, and apt-get update is not run, when everything is present.
 #
@@ -30,6 +31,8 @@ missing_packages() {
   # registry.go exists from golang/protobuf 1.4 on (the releases built on the new API).
   [[ -f "$gocode/github.com/golang/protobuf/proto/registry.go" ]] ||
     echo golang-github-golang-protobuf-1-5-dev
+  # tests/browser drives Debian's chromium with Playwright (never a browser download of its own).
+  command -v chromium >/dev/null || echo chromium
 }
 
 if [[ "${1:-}" == "--print-missing" ]]; then

@@ -33,6 +33,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from turnstream.config import Settings, split_addr
+from turnstream.core import fastpath
 from turnstream.core.analytics import AnalyticsCalls
 from turnstream.core.auth import INGEST, Authenticator, anonymous_allowed
 from turnstream.core.pipeline import Pipeline
@@ -236,6 +237,7 @@ class Server:
             self.http_port,
             self.engine.url.render_as_string(hide_password=True),
         )
+        log.info("per-record fast path: %s", fastpath.PATH)
 
     def _observe(self, pipeline: Pipeline, writer: Writer, streaming: StreamDoor) -> Metrics:
         """The metrics of this process: the writer tells each flush; gauges and the pipeline's

@@ -1,7 +1,10 @@
 """The generated fast path (core/fastpath.py, rows.make_row) agrees with the generic code on
 every record Hypothesis draws, clean and hostile: the check passes a record only when the
 generic walk finds nothing in it, converts its Structs exactly as json_format + clean_json do,
-and the generated row equals the row built from ListFields(). Pure: many examples."""
+and the generated row equals the row built from ListFields(). The pipeline's path is the
+compiled one when it is built (`make test` runs this file once more with
+TURNSTREAM_PURE_PYTHON=1); core/fastgen.py and core/fastrt.py, compiled or not, are held to the
+pure-Python code here as well. Pure: many examples."""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.property import strategies as s
-from turnstream.core import deadletter, fastpath, rows, validate
+from turnstream.core import deadletter, fastgen, fastpath, fastrt, rows, validate
 from turnstream.core.pipeline import KINDS
 
 SETTINGS = settings(
@@ -123,3 +126,70 @@ def test_struct_json_refuses_what_validate_reports() -> None:
     ok = struct_pb2.Struct()
     ok.update({"a\x00": "b\x00", "n": 1.5, "l": [1, None, True, {"k": "v"}]})
     assert fastpath.struct_json(ok) == deadletter.clean_json(json_format.MessageToDict(ok))
+
+
+@pytest.mark.parametrize("hazards", HAZARDS)
+@pytest.mark.parametrize("cls", s.RECORD_CLASSES, ids=lambda c: c.__name__)
+@SETTINGS
+@given(data=st.data())
+def test_generated_module_agrees_with_the_pure_code(
+    cls: type[Message], hazards: s.Hazards, data: st.DataObject
+) -> None:
+    """core/fastgen.py (compiled when built, with fastrt's Struct decoder) answers exactly as
+    the code fastpath.py execs, field for field and type for type."""
+    message = data.draw(s.shown(s.records(cls, hazards))).message
+    name = cls.__name__
+    pure = fastpath._exec(cls.DESCRIPTOR)
+    latest = (s.NOW + validate.CLOCK_SKEW).timestamp()
+    want = pure[f"check_{name}"](message, latest)
+    got = getattr(fastgen, f"check_{name}")(message, latest)
+    # The wire decoder may send more records the generic way (an unknown field in a Struct, a
+    # key that collides once cleaned), never fewer.
+    assert got is None or _same(got, want)
+    if want is None:
+        return  # rows are built of valid records only
+    for structs in (want, None):
+        assert _same(
+            getattr(fastgen, f"row_{name}")(message, "t", structs),
+            pure[f"row_{name}"](message, "t", structs),
+        )
+
+
+@SETTINGS
+@given(tree=s.struct_trees(hazards=s.ISSUE_6), limit=st.sampled_from([1 << 20, 64, 0]))
+def test_wire_struct_decoder_agrees_with_the_upb_walk(tree: s.Node, limit: int) -> None:
+    from google.protobuf import struct_pb2
+
+    struct = struct_pb2.Struct()
+    s.build_struct(tree, struct)
+    try:
+        want = fastpath._json_struct_within(struct, limit)
+    except fastpath._Unclean:
+        want = "unclean"
+    try:
+        got = fastrt.json_struct(struct, limit)
+    except fastrt.Unclean:
+        got = "unclean"
+    if got == "unclean" and want != "unclean":
+        # Only where the decoder cannot be sure the walk's answer is the same one: two keys
+        # equal once NUL is cleaned (which one wins depends on the map's order).
+        keys = [deadletter.clean_text(k) for k in struct.fields]
+        assert len(set(keys)) < len(keys) or _nested_collision(struct)
+        return
+    assert _same(got, want)
+
+
+def _nested_collision(struct: Any) -> bool:
+    keys = [deadletter.clean_text(k) for k in struct.fields]
+    if len(set(keys)) < len(keys):
+        return True
+    return any(_value_collision(v) for v in struct.fields.values())
+
+
+def _value_collision(value: Any) -> bool:
+    which = value.WhichOneof("kind")
+    if which == "struct_value":
+        return _nested_collision(value.struct_value)
+    if which == "list_value":
+        return any(_value_collision(v) for v in value.list_value.values)
+    return False

@@ -18,17 +18,26 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
 # Dependencies first, from pyproject.toml alone, so that editing src/ reuses this layer.
-# (Every runtime dependency ships manylinux wheels, psycopg[binary] included: no compiler needed.)
+# (Every runtime dependency ships manylinux wheels, psycopg[binary] included: no compiler needed
+# for them.)
 COPY pyproject.toml /src/
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('/src/pyproject.toml', 'rb'))['project']['dependencies']))" \
         > /tmp/requirements.txt \
  && pip install -r /tmp/requirements.txt
 
-COPY README.md /src/
+# A C compiler for the compiled per-record fast path (setup.py compiles core/fastgen.py and
+# core/fastrt.py with mypyc); only the built modules reach the runtime stage.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
+
+COPY README.md setup.py /src/
 COPY src /src/src
-# Not editable: the runtime image gets no source tree, only the installed package.
+# Not editable: the runtime image gets no source tree, only the installed package. The image
+# must run the compiled fast path: the build fails rather than ship the slower one unnoticed.
 RUN pip install --no-deps /src \
- && python -c "import turnstream.cli, turnstream.v1.ingest_pb2"
+ && python -c "import turnstream.cli, turnstream.v1.ingest_pb2" \
+ && python -c "from turnstream.core import fastpath; assert fastpath.COMPILED, fastpath.PATH"
 
 # ---- runtime ------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE}

@@ -25,7 +25,7 @@ def ext_modules() -> list[Any]:
     if os.environ.get("TURNSTREAM_COMPILE", "1") == "0":
         _say("TURNSTREAM_COMPILE=0: pure Python fast path")
         return []
-    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    compiler = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()[0]
     if shutil.which(compiler) is None:
         _say(f"no C compiler ({compiler}): pure Python fast path")
         return []

@@ -16,7 +16,7 @@ BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help venv run migrate test test-polyglot gen descriptor gen-check lint fmt types check bench \
-	bench-json bench-limits bench-analytics bench-pipeline bench-writer \
+	bench-json bench-limits bench-analytics bench-pipeline bench-writer bench-fastpath \
 	compile clean distclean
 
 help: ## List the targets
@@ -103,6 +103,9 @@ bench-writer: venv ## CPU µs per record of the writer alone, in process, both d
 
 bench-pipeline: venv ## CPU µs per record of the core pipeline, per stage, in process (BENCH_ARGS=...)
 	$(PY) -m bench.pipeline $(BENCH_ARGS)
+
+bench-fastpath: venv ## CPU µs per record of the fast path, pure Python vs compiled, one process (BENCH_ARGS=...)
+	$(PY) -m bench.fastpath $(BENCH_ARGS)
 
 bench-json: venv ## The JSON door beside gRPC Write, same run (BENCH_ARGS=...)
 	$(PY) -m bench.json_door $(BENCH_ARGS)

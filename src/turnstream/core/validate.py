@@ -316,9 +316,15 @@ def _walk_struct(struct: Any, path: str, depth: int, out: list[tuple[str, str, s
     if depth > MAX_STRUCT_DEPTH:
         out.append((path, "TOO_DEEP", f"{path} is nested more than {MAX_STRUCT_DEPTH} levels deep"))
         return
-    for key, value in struct.fields.items():
+    # In key order: upb's map order differs between a message and its copy, and the first
+    # MAX_STRUCT_VIOLATIONS problems reported must not depend on which one is validated.
+    fields = struct.fields
+    for key in sorted(fields):
         _walk_value(
-            value, f"{path}.{key}" if _PLAIN_KEY.match(key) else f"{path}[{key!r}]", depth, out
+            fields[key],
+            f"{path}.{key}" if _PLAIN_KEY.match(key) else f"{path}[{key!r}]",
+            depth,
+            out,
         )
 
 

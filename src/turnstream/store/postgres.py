@@ -1,6 +1,7 @@
-"""Storage: the PostgreSQL dialect — binary COPY into a temporary staging table, then one
-`INSERT … SELECT … ON CONFLICT DO UPDATE … RETURNING` per table (the merge SQL is shared with
-SQLite in dialects.py); small upserts skip COPY. A row COPY refuses is named (RowRefused)."""
+"""Storage: the PostgreSQL dialect — one `INSERT … SELECT … FROM json_to_recordset(%s) ON
+CONFLICT DO UPDATE … RETURNING` per table, the rows sent as one JSON parameter (the merge SQL is
+shared with SQLite in dialects.py). Poison isolation goes through binary COPY into a temporary
+table instead, because a row COPY refuses is named (RowRefused)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
+from psycopg.types.json import Json
 
 from turnstream.core.batch import StreamAdvance
 from turnstream.core.rows import Row
@@ -89,21 +92,19 @@ def _values(
             yield tuple(row.get(c) for c in cols) + tail
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, dt.datetime):
-        return value.isoformat()
-    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+def rows_json(rows: Sequence[Row]) -> Any:
+    """Rows as one JSON array of objects, for `_from_json`'s parameter: orjson's, in one C
+    call (json.dumps took 11 µs per realistic row, most of it calling back to Python for every
+    time; orjson 1.2 µs). Times are RFC 3339 text, which PostgreSQL reads back exactly; a row's
+    JSON columns nest as they are. Not the text SQLite stores (sqlite.py keeps json's text,
+    which replays are compared with): in jsonb, and in float8 columns, only the value counts.
+    What orjson cannot write (an integer beyond 64 bits) raises TypeError, a refusal the
+    guarded path then pins on its row."""
+    return Json(orjson.dumps(rows if isinstance(rows, list) else list(rows)), _as_is)
 
 
-# Rows as one JSON array of objects, by the C encoder in one call: the values of a row's JSON
-# columns nest in it as they are, times are ISO text (PostgreSQL reads them back exactly).
-_rows_encoder = json.JSONEncoder(
-    default=_json_default, ensure_ascii=False, check_circular=False, separators=(",", ":")
-)
-
-
-def rows_json(rows: Iterable[Any]) -> str:
-    return _rows_encoder.encode(rows if isinstance(rows, list | tuple) else list(rows))
+def _as_is(data: Any) -> Any:
+    return data
 
 
 def _from_json(table: sa.Table, cols: list[str]) -> str:
@@ -135,15 +136,12 @@ _ADVANCE = (
 class PostgresDialect(SqlDialect):
     name = "postgresql"
     # COPY names the refused row: the driver fails on the row it encodes, the server's error
-    # context says "COPY stage_x, line N". Each statement costs the server about a millisecond
-    # whatever its size, so one failed COPY per poison row beats bisecting.
+    # context says "COPY isolate_x, line N". Each statement costs the server about a
+    # millisecond whatever its size, so one failed COPY per poison row beats bisecting.
     pinpoints = True
     p = "%s"
     distinct = "IS DISTINCT FROM"
     value_casts = ("::text", "::text", "::bigint", "::bigint", "::bigint")
-    # Below this many rows one multi-row INSERT … VALUES (one round trip) beats COPY into the
-    # staging table plus INSERT … SELECT (two); above it COPY's binary encoding wins.
-    copy_threshold = 64
 
     def __init__(self, timeout: float | None = None) -> None:
         self.timeout = timeout
@@ -162,16 +160,14 @@ class PostgresDialect(SqlDialect):
                 cur.execute(f"SET statement_timeout = {ms}")
                 cur.execute(f"SET lock_timeout = {ms}")
                 cur.execute(f"SET idle_in_transaction_session_timeout = {2 * ms}")
-            # Staging tables live as long as the connection; ON COMMIT DELETE ROWS empties them
-            # at every commit. Created in a committed transaction of their own so that a
-            # rolled-back flush cannot take them away. stage_* takes a transaction's one bulk
-            # upsert per table; isolate_* the small, repeated ones of poison isolation.
-            for table in (*schema.RECORD_TABLES.values(),):
-                for prefix in ("stage", "isolate"):
-                    cur.execute(
-                        f"CREATE TEMP TABLE IF NOT EXISTS {prefix}_{table.name} "
-                        f"(LIKE {table.name} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-                    )
+            # The staging tables of poison isolation's COPY live as long as the connection;
+            # ON COMMIT DELETE ROWS empties them at every commit. Created in a committed
+            # transaction of their own so that a rolled-back flush cannot take them away.
+            for table in schema.RECORD_TABLES.values():
+                cur.execute(
+                    f"CREATE TEMP TABLE IF NOT EXISTS isolate_{table.name} "
+                    f"(LIKE {table.name} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+                )
         conn.commit()
 
     def begin(self, conn: Any) -> None:
@@ -195,9 +191,8 @@ class PostgresDialect(SqlDialect):
         table: sa.Table,
         cols: list[str],
         rows: Iterable[Sequence[Any]],
-        into: str = "stage",
     ) -> None:
-        """Binary COPY into a staging table; a row refused raises RowRefused(its index)."""
+        """Binary COPY into isolate_*; a row refused raises RowRefused(its index)."""
         import psycopg
         from psycopg.types.json import Jsonb
 
@@ -207,7 +202,7 @@ class PostgresDialect(SqlDialect):
             with (
                 conn.cursor() as cur,
                 cur.copy(
-                    f"COPY {into}_{table.name} ({', '.join(cols)}) FROM STDIN (FORMAT BINARY)"
+                    f"COPY isolate_{table.name} ({', '.join(cols)}) FROM STDIN (FORMAT BINARY)"
                 ) as copy,
             ):
                 copy.set_types(types)
@@ -237,23 +232,21 @@ class PostgresDialect(SqlDialect):
         again: bool = False,
         refused: list[tuple[int, BaseException]] | None = None,
     ) -> dict[Key, int]:
-        """`again`: an upsert of poison isolation, one of several of this table in the
-        transaction. It stages its rows in isolate_* and takes them out as it reads them, so
-        the next one starts from an empty stage; and it always goes through COPY, small or not,
-        because COPY names a refused row (RowRefused). `refused` is not used: a refused row
-        fails the COPY (which cannot go on past it), so it is always RowRefused."""
+        """One statement from the rows as one JSON parameter (see _from_json).
+
+        `again`: an upsert of poison isolation, one of several of this table in the
+        transaction. It goes through COPY instead, because COPY names a refused row
+        (RowRefused): it stages its rows in isolate_* and takes them out as it reads them, so
+        the next one starts from an empty stage. `refused` is not used: a refused row fails
+        the COPY (which cannot go on past it), so it is always RowRefused."""
         cols = key_columns(table) + data_columns(table) + list(BOOKKEEPING)
         nkeys = len(key_columns(table))
-        if len(rows) < self.copy_threshold and not again:
-            # One statement of a fixed text whatever the row count (see _from_json).
-            with conn.cursor() as cur:
-                cur.execute(self._json_upsert(table, cols), (now, now, rows_json(rows)))
-                returned = cur.fetchall()
-            return {tuple(r[:nkeys]): r[nkeys] for r in returned}
-        values = _values(rows, cols[:-3], (1, now, now))
-        self._copy(conn, table, cols, values, into="isolate" if again else "stage")
         with conn.cursor() as cur:
-            cur.execute(self._bulk(table, cols, again))
+            if again:
+                self._copy(conn, table, cols, _values(rows, cols[:-3], (1, now, now)))
+                cur.execute(self._isolated(table, cols))
+            else:
+                cur.execute(self._json_upsert(table, cols), (now, now, rows_json(rows)))
             returned = cur.fetchall()
         return {tuple(r[:nkeys]): r[nkeys] for r in returned}
 
@@ -305,26 +298,19 @@ class PostgresDialect(SqlDialect):
             self._sql[key] = sql
         return sql
 
-    def _bulk(self, table: sa.Table, cols: list[str], again: bool) -> str:
-        """The upsert from a staging table (its text is the same every time: psycopg prepares
-        it once per connection)."""
-        key = (table.name, again)
+    def _isolated(self, table: sa.Table, cols: list[str]) -> str:
+        """The upsert of the rows COPY staged in isolate_*, taking them out."""
+        key = (table.name, "isolated")
         sql = self._sql.get(key)
         if sql is None:
             names = ", ".join(cols)
-            ctes = ""
-            if again:
-                ctes = f"staged AS (DELETE FROM isolate_{table.name} RETURNING {names}), "
-                source = "staged"
-            else:
-                source = f"stage_{table.name}"
-            insert = f"INSERT INTO {table.name} ({names}) SELECT {names} FROM {source}"
+            ctes = f"staged AS (DELETE FROM isolate_{table.name} RETURNING {names}), "
+            insert = f"INSERT INTO {table.name} ({names}) SELECT {names} FROM staged"
             kind = _ROLLED.get(table.name)
             if kind is not None:
                 sql = self._rolled(kind, table, insert, ctes)
             else:
-                sql = (f"WITH {ctes.rstrip(', ')} " if ctes else "") + insert
-                sql += self._upsert_tail(table)
+                sql = f"WITH {ctes.rstrip(', ')} " + insert + self._upsert_tail(table)
             self._sql[key] = sql
         return sql
 

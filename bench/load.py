@@ -19,7 +19,7 @@ from turnstream.v1 import ingest_pb2, ingest_pb2_grpc, records_pb2
 # A channel of its own per stream: grpc otherwise shares one TCP connection among the channels
 # of a process with the same target and options, and `serve --workers N` spreads connections.
 LOCAL = [("grpc.use_local_subchannel_pool", 1)]
-# Past this many turn-aways (REBALANCE) an open is an error: the server takes it after 8.
+# Past this many turn-aways (REBALANCE) an open is an error: the server takes it after 12.
 MAX_TURNS = 16
 
 

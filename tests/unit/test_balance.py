@@ -104,3 +104,11 @@ def test_a_dead_process_is_not_counted_on(tmp_path: Path) -> None:
     assert a.others() == []
     ghost.write(os.getpid(), 7)
     assert a.others() == [7]
+
+
+def test_a_call_ending_after_the_shutdown_is_harmless(tmp_path: Path) -> None:
+    a, b = two(tmp_path)
+    a.admit(None)
+    a.close()
+    a.leave()
+    assert b.shares.others() == []

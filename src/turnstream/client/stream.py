@@ -34,7 +34,7 @@ log = logging.getLogger("turnstream.client")
 _HEARTBEAT = ingest_pb2.AppendRequest(heartbeat=ingest_pb2.Heartbeat())
 # How long close() waits for the server to end the stream after the last ack.
 _CLOSE_TIMEOUT = 2.0
-# The server takes an open after at most 8 turn-aways (REBALANCE); past this many, one is
+# The server takes an open after at most 12 turn-aways (REBALANCE); past this many, one is
 # treated like any UNAVAILABLE (backoff and patience), so no server can keep a writer looping.
 _MAX_TURNS = 16
 

@@ -39,8 +39,9 @@ log = logging.getLogger(__name__)
 
 HEADER = "turnstream-rebalance"
 # An open is turned away at most this many times; then it is taken wherever it lands. With
-# two processes an open needing a move stays put after 8 draws with probability 1/256.
-MAX_TURNS = 8
+# two processes an open needing a move stays put after 12 draws with probability 1/4096
+# (a turn-away costs a TCP handshake and one round trip).
+MAX_TURNS = 12
 # The environment variable that gives a worker process its slot: "INDEX:PATH".
 ENV = "TURNSTREAM_WORKER_SLOT"
 
@@ -92,7 +93,8 @@ class Shares:
         return Path(name)
 
     def write(self, pid: int, count: int) -> None:
-        _SLOT.pack_into(self._map, self.index * _SLOT.size, pid, count)
+        if not self._map.closed:  # a call ending after the shutdown closed the map
+            _SLOT.pack_into(self._map, self.index * _SLOT.size, pid, count)
 
     def others(self) -> list[int]:
         """The counts of the other processes that are serving (pid set and alive)."""

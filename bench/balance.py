@@ -16,6 +16,7 @@ import collections
 import contextlib
 import os
 import statistics
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,21 @@ def listening(pids: list[int], port: int) -> int:
     return serving
 
 
+def wait_listening(proc: subprocess.Popen[bytes], workers: int, port: int) -> list[int]:
+    """The server's pids once all `workers` processes listen on `port`. A fixed sleep after the
+    first answers health is not enough on a busy machine: a worker still starting leaves every
+    connection to the others (8/0), whatever the balancing does."""
+    deadline = time.monotonic() + 60
+    pids = server_pids(proc)
+    while len(pids) < workers or listening(pids, port) < workers:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the {workers} server processes did not all listen within 60 s")
+        time.sleep(0.2)
+        pids = server_pids(proc)
+    time.sleep(0.2)  # a worker publishes its slot just after it listens
+    return pids
+
+
 def main() -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -87,14 +103,7 @@ def main() -> int:
         proc, target = start_server(url, args.workers)
         try:
             port = int(target.rsplit(":", 1)[1])
-            pids = server_pids(proc)
-            deadline = time.monotonic() + 60
-            while len(pids) < args.workers or listening(pids, port) < args.workers:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the workers did not all listen within 60 s")
-                time.sleep(0.2)
-                pids = server_pids(proc)
-            time.sleep(1.0)  # a worker listens a moment before it publishes its slot
+            pids = wait_listening(proc, args.workers, port)
             print("| run | mode | split | turned away | records/s | server CPU µs/record |")
             print("|---:|---|---|---:|---:|---:|")
             for r in range(args.runs):

@@ -105,16 +105,18 @@ class Connection:
     def __init__(self, target: str) -> None:
         self.target = target
         self.channel = grpc.aio.insecure_channel(target, options=LOCAL)
+        self._retired: list[asyncio.Task[None]] = []
 
     def stub(self) -> ingest_pb2_grpc.IngestServiceStub:
         return ingest_pb2_grpc.IngestServiceStub(self.channel)
 
-    async def redraw(self) -> None:
+    def redraw(self) -> None:
+        """A new connection at once; the old one closes meanwhile."""
         old, self.channel = self.channel, grpc.aio.insecure_channel(self.target, options=LOCAL)
-        await old.close()
+        self._retired.append(asyncio.create_task(old.close()))
 
     async def close(self) -> None:
-        await self.channel.close()
+        await asyncio.gather(self.channel.close(), *self._retired)
 
 
 async def open_stream(
@@ -138,7 +140,7 @@ async def open_stream(
             if not rebalance or RPCError.from_aio(exc).reason != "REBALANCE":
                 raise
             result.rebalances += 1
-            await connection.redraw()
+            connection.redraw()
             continue
         assert opened is not grpc.aio.EOF and opened.WhichOneof("kind") == "opened", opened
         return call, opened

@@ -206,6 +206,8 @@ class Server:
         if self.grpc_port == 0:
             raise OSError(f"cannot listen on {s.grpc_addr} (gRPC): address in use or not local")
         await self._grpc.start()
+        if self.spread is not None:  # it takes streams from now on: the others count on it
+            self.spread.serving()
         http = HttpContext(
             pipeline,
             self.writer,
@@ -234,8 +236,6 @@ class Server:
             app.add_middleware(HttpMetrics, metrics=self.metrics)
         await self._start_http(app)
         self._serving = True
-        if self.spread is not None:
-            self.spread.serving()
         await self._publish_health(self.writer.healthy, self.writer.health_reason)
         log.info(
             "turnstream serving gRPC on %s:%d, HTTP on %s:%d, database %s",

@@ -143,6 +143,7 @@ class StreamWriter:
         """Times a `serve --workers` process turned an open away (REBALANCE) and the writer
         reopened the stream on a new connection."""
         self._turned = 0  # turn-aways of the open under way
+        self._retired: set[asyncio.Task[None]] = set()  # channels left by a turn-away, closing
         self.rejections: list[Rejection] = []
         """Every rejection, in offset order."""
 
@@ -218,6 +219,8 @@ class StreamWriter:
                     await self._task
             if self._channel is not None:
                 await self._channel.close()
+            if self._retired:
+                await asyncio.gather(*self._retired, return_exceptions=True)
         if self._fatal is not None and not self._fatal_raised and flush:
             self._fatal_raised = True
             raise self._fatal
@@ -336,7 +339,7 @@ class StreamWriter:
                 self._fail(StreamError(exc.code, exc.message))
                 return
             if error is not None and self._rebalance(error):
-                await self._reconnect_elsewhere()
+                self._reconnect_elsewhere()
                 continue
             if self._closing and (error is None or stream_retryable(error)):
                 return
@@ -372,7 +375,7 @@ class StreamWriter:
             and self._turned < _MAX_TURNS
         )
 
-    async def _reconnect_elsewhere(self) -> None:
+    def _reconnect_elsewhere(self) -> None:
         """A channel of its own (not the process's shared connection to the target): a new
         TCP connection, from a new source port, which the server's kernel hashes again."""
         self._turned += 1
@@ -385,8 +388,10 @@ class StreamWriter:
             self.target, own_connection(self._channel_options), self._credentials
         )
         self._stub = ingest_pb2_grpc.IngestServiceStub(self._channel)
-        if old is not None:
-            await old.close()
+        if old is not None:  # closed meanwhile: the reopen need not wait for it
+            task = asyncio.create_task(old.close())
+            self._retired.add(task)
+            task.add_done_callback(self._retired.discard)
 
     async def _connection(self) -> bool:
         """One connection: open, then send and receive until it ends. Returns True when the

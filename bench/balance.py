@@ -13,16 +13,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import contextlib
-import os
 import statistics
-import subprocess
 import time
-from pathlib import Path
 from typing import Any
 
 from bench.load import Result, drive
-from bench.run import connections, cpu_seconds, scratch_database, server_pids, start_server
+from bench.run import (
+    connections,
+    cpu_seconds,
+    scratch_database,
+    start_server,
+    wait_listening,
+)
 
 
 async def one_run(
@@ -51,38 +53,6 @@ async def one_run(
             split = sample
     result = await task
     return result, cpu_seconds(pids) - before, split
-
-
-def listening(pids: list[int], port: int) -> int:
-    """How many of `pids` hold a socket listening on `port` (a worker serves once it does)."""
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError):
-            for row in Path(table).read_text().splitlines()[1:]:
-                cols = row.split()
-                if int(cols[1].rsplit(":", 1)[1], 16) == port and cols[3] == "0A":
-                    inodes.add(cols[9])
-    serving = 0
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
-            serving += any(link[8:-1] in inodes for link in links if link.startswith("socket:["))
-    return serving
-
-
-def wait_listening(proc: subprocess.Popen[bytes], workers: int, port: int) -> list[int]:
-    """The server's pids once all `workers` processes listen on `port`. A fixed sleep after the
-    first answers health is not enough on a busy machine: a worker still starting leaves every
-    connection to the others (8/0), whatever the balancing does."""
-    deadline = time.monotonic() + 60
-    pids = server_pids(proc)
-    while len(pids) < workers or listening(pids, port) < workers:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the {workers} server processes did not all listen within 60 s")
-        time.sleep(0.2)
-        pids = server_pids(proc)
-    time.sleep(0.2)  # a worker publishes its slot just after it listens
-    return pids
 
 
 def main() -> int:

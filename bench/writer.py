@@ -32,6 +32,7 @@ from typing import Any
 
 from bench.records import make_records
 from bench.run import scratch_database
+from turnstream import gctune
 from turnstream.core.batch import StreamAdvance
 from turnstream.core.pipeline import Item, Pipeline
 from turnstream.core.pricing import PriceTable
@@ -164,6 +165,7 @@ def main() -> int:
         "--streams", type=int, default=0, help="submit from this many streams at once"
     )
     args = parser.parse_args()
+    gctune.tune()  # as `turnstream serve` runs
     for dialect in ("postgresql", "sqlite"):
         if args.dialect in (dialect, "both"):
             with scratch_database(dialect, "writer") as url:

@@ -18,7 +18,7 @@ import grpc
 from google.rpc import status_pb2
 
 from turnstream import errors, logctx
-from turnstream.core.batch import BatchOutcome, StreamAdvance, WriteBatch
+from turnstream.core.batch import BatchOutcome, StreamAdvance, Submission, WriteBatch
 from turnstream.core.pipeline import Prepared, answer_failures, join
 from turnstream.core.ports import StoreUnavailable, StreamConflict
 from turnstream.core.service import stream_id_problem
@@ -39,6 +39,29 @@ HEARTBEAT = ingest_pb2.AppendResponse(heartbeat=ingest_pb2.Heartbeat())
 STEP = 50
 
 
+# Where the first batch of a submission starts in it, per kind.
+_ORIGIN = (0, 0, 0, 0)
+
+
+@dataclass(slots=True)
+class _Group:
+    """One writer submission and the batches of this call it holds, in order: the first one
+    enqueued, the next ones joined while the writer had not taken it yet (Writer.join)."""
+
+    submission: Submission
+    # Per batch: where its rows start in the submission's batch, per kind (core.batch.KINDS).
+    starts: list[tuple[int, ...]] = field(default_factory=lambda: [_ORIGIN])
+
+    def failed(self, member: int, outcome: BatchOutcome) -> BatchOutcome:
+        """`outcome` of the whole submission as the outcome of its `member`-th batch: the rows
+        the database refused of that batch, at positions in its own rows."""
+        starts = self.starts
+        if not outcome.failed or len(starts) == 1:
+            return outcome
+        stop = starts[member + 1] if member + 1 < len(starts) else None
+        return BatchOutcome(outcome.counts, outcome.part(starts[member], stop))
+
+
 @dataclass(slots=True)
 class _Ack:
     """The answer slot of one batch: the ack to send, sent once `store` (if any) committed.
@@ -49,6 +72,9 @@ class _Ack:
     prepared: Prepared | None = None
     # Records with no kind: answered without reaching the pipeline's rejections.
     empty: list[ingest_pb2.RecordRejection] = field(default_factory=list)
+    # The submission holding the batch, and which of its batches this one is.
+    group: _Group | None = None
+    member: int = 0
 
 
 @dataclass(slots=True)
@@ -117,6 +143,7 @@ class Session:
         self._reader: asyncio.Task[None] | None = None
         self._read: asyncio.Future[Any] | None = None
         self._stores: set[asyncio.Future[BatchOutcome]] = set()
+        self._group: _Group | None = None  # the last submission: others may still join it
         self._last_sent = 0.0
         self._opened = False
 
@@ -250,6 +277,8 @@ class Session:
             if slot is not None and slot.prepared is not None:
                 # Rows the database refused were dead-lettered in the same transaction and
                 # their offsets consumed: answered like any invalid record, in index order.
+                if slot.group is not None:
+                    outcome = slot.group.failed(slot.member, outcome)
                 answer_failures(slot.prepared, outcome)
                 rejections = [*slot.prepared.rejections, *slot.empty]
                 slot.ack.rejections.extend(rules.by_index(rejections))
@@ -376,7 +405,8 @@ class Session:
                 what = f"preparing the batch at offset {offset} of stream {self.stream_id!r}"
                 return _End(errors.unexpected(log, what))
             ack.committed_offset = self.next_offset = advance.to_offset
-            slot = _Ack(ack, self._store(prepared.batch), prepared, empty)
+            group, member = self._submit(prepared.batch)
+            slot = _Ack(ack, group.submission.future, prepared, empty, group, member)
         self._unanswered += 1
         self._slots.put_nowait(slot)
         return None
@@ -417,15 +447,32 @@ class Session:
         dead = rules.malformed_dead_letter(
             bad, self.tenant, self.stream_id, self.door.pipeline.clock()
         )
-        return _End(errors.malformed(bad.message_name, bad.problem), store=self._store(dead))
+        return _End(
+            errors.malformed(bad.message_name, bad.problem), store=self._enqueue(dead).future
+        )
 
-    def _store(self, batch: WriteBatch) -> asyncio.Future[BatchOutcome]:
-        # Tasks start in creation order, so submit() is called in request order; the writer
-        # admits and commits in that order, which keeps a stream's offset checks in sequence.
-        store = asyncio.ensure_future(self.door.writer.submit(batch))
+    def _submit(self, batch: WriteBatch) -> tuple[_Group, int]:
+        """Hand an appended batch to the writer: joined to this call's last submission while
+        the writer has not taken it into a flush (no waiting: the writer takes it as soon as
+        the running flush ends), else as a new one. Its group, and its place in the group."""
+        group = self._group
+        if group is not None:
+            start = group.submission.batch.starts()
+            if self.door.writer.join(group.submission, batch):
+                group.starts.append(start)
+                return group, len(group.starts) - 1
+        self._group = group = _Group(self._enqueue(batch))
+        return group, 0
+
+    def _enqueue(self, batch: WriteBatch) -> Submission:
+        # Enqueued in request order; the writer admits and commits in that order, which keeps
+        # a stream's offset checks in sequence.
+        self._group = None
+        submission = self.door.writer.enqueue(batch)
+        store = submission.future
         self._stores.add(store)
         store.add_done_callback(self._stored)
-        return store
+        return submission
 
     def _stored(self, store: asyncio.Future[BatchOutcome]) -> None:
         self._stores.discard(store)

@@ -2,7 +2,7 @@
 bare grpc.aio echo, then the same one-record-per-message load (bench.load.drive) against the
 server of each source tree: its CPU per message from /proc (every process of `serve --workers`),
 and from the first process's writer, submissions and flushes per message (a stats file the
-server writes every 0.2 s: `python -m bench.onerec serve --stats FILE ...`).
+server writes every second: `python -m bench.onerec serve --stats FILE ...`).
 
     git archive main src | tar -x -C /tmp/old
     python -m bench.onerec --old /tmp/old/src [--dialect postgresql|sqlite] [--rounds 3]
@@ -37,7 +37,7 @@ from bench.run import (
 
 
 def serve_with_stats(argv: list[str]) -> int:
-    """`turnstream serve`, writing its writer's stats to --stats every 0.2 s (this process's
+    """`turnstream serve`, writing its writer's stats to --stats every second (this process's
     writer only: a --workers process runs plain `turnstream serve`)."""
     from turnstream import cli
     from turnstream.store import writer as writer_module
@@ -69,7 +69,7 @@ def serve_with_stats(argv: list[str]) -> int:
             }
             Path(path + ".tmp").write_text(json.dumps(out))
             os.replace(path + ".tmp", path)
-            loop.call_later(0.2, dump)
+            loop.call_later(1.0, dump)
 
         dump()
 
@@ -133,7 +133,7 @@ def one(url: str, args: argparse.Namespace, pythonpath: str | None, tag: str) ->
                 drive(target, args.streams, args.records, 1, window=args.window, prefix=tag)
             )
             cpu = cpu_seconds(pids) - before
-            time.sleep(0.5)
+            time.sleep(1.5)
             stats = json.loads(Path(stats_file).read_text())
         finally:
             proc.terminate()

@@ -139,6 +139,7 @@ class Session:
         # (or its commit, or a stop, or a heartbeat due): one future per wait, no task.
         self._slots: collections.deque[_Ack | _End] = collections.deque()
         self._waiter: asyncio.Future[None] | None = None
+        self._awaited: asyncio.Future[BatchOutcome] | None = None  # the store it waits for
         self._beat: asyncio.TimerHandle | None = None
         self._unanswered = 0  # batches read and not yet answered (the backpressure window)
         self._room = asyncio.Event()
@@ -289,6 +290,7 @@ class Session:
                 await self._send(HEARTBEAT)
                 continue
             self._waiter = waiter = loop.create_future()
+            self._awaited = store
             try:
                 await waiter
             finally:
@@ -313,7 +315,8 @@ class Session:
 
     def _queue(self, slot: _Ack | _End) -> None:
         self._slots.append(slot)
-        self._wake()
+        if self._awaited is None:  # not while the loop waits for a commit: nothing to do yet
+            self._wake()
 
     async def _committed(
         self,
@@ -554,4 +557,5 @@ class Session:
         self._stores.discard(store)
         if not store.cancelled():
             store.exception()  # retrieved: the answer loop reports it, or the call is over
-        self._wake()
+        if self._awaited is store:
+            self._wake()

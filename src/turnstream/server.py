@@ -32,6 +32,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
+from turnstream import gctune
 from turnstream.config import Settings, split_addr
 from turnstream.core.analytics import AnalyticsCalls
 from turnstream.core.auth import INGEST, Authenticator, anonymous_allowed
@@ -387,6 +388,7 @@ async def serve(settings: Settings) -> None:
         settings = dataclasses.replace(settings, reuse_port=True)
     server = Server(settings)
     await server.start()
+    gctune.settle()  # after start: what it built is frozen (turnstream/gctune.py)
     workers = _spawn_workers(settings) if settings.workers > 1 else []
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -1,26 +1,25 @@
-"""Garbage collection for a long-running server, tuned once it is up.
+"""The garbage collector, tuned once the server has started.
 
-With one record per message, every message allocates a few hundred container objects
-(the request, its record, an Item, row dicts, futures, the ack) that die young. With Python's
-defaults (a young collection every 700 allocations, older ones every 10 of those) the server
-spent ~33 µs of CPU per message collecting (bench/onerec.py's `gc` column, gc.callbacks timed
-with thread_time; docs/perf/onerec.md): the older generations kept re-walking everything the
-process had imported and built at start (protobuf descriptors, SQLAlchemy, grpc, the app).
-`gc.freeze()` moves those objects out of the collector's sight for good (they live as long as
-the process), and a larger young generation collects the short-lived ones in fewer, equally
-cheap passes: ~1 µs per message. Cycles still get collected; only later, in bigger passes."""
+CPython runs a collection of its youngest generation every 700 net allocations of container
+objects, and every tenth of those walks the next generation too. Preparing one batch of 500
+records allocates tens of thousands of them (protobuf wrappers, row dicts and tuples), nearly
+all freed at once by reference counting: collections ran hundreds of times per batch for little
+garbage, and the older generations they walked held everything start-up made (modules,
+SQLAlchemy metadata, grpc, the price table), which lives as long as the process.
+
+After start-up, `tune` freezes what exists (a permanent generation no collection walks) and
+collects the youngest generation every YOUNG allocations instead. Only garbage in reference
+cycles waits longer; it is still collected. In process (`python -m bench.pipeline`), the
+pipeline's CPU per record fell by about 14% with it (docs/benchmarks.md)."""
 
 from __future__ import annotations
 
 import gc
 
-# Allocations (net) between two young collections; Python's default is 700.
-YOUNG = 10_000
+YOUNG = 50_000
 
 
-def settle() -> None:
-    """Call once the server has started: collect what start-up left behind, freeze the rest,
-    and collect the young generation every YOUNG allocations."""
+def tune() -> None:
     gc.collect()
     gc.freeze()
     _, middle, old = gc.get_threshold()

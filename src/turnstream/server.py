@@ -388,7 +388,7 @@ async def serve(settings: Settings) -> None:
         settings = dataclasses.replace(settings, reuse_port=True)
     server = Server(settings)
     await server.start()
-    gctune.settle()  # after start: what it built is frozen (turnstream/gctune.py)
+    gctune.tune()
     workers = _spawn_workers(settings) if settings.workers > 1 else []
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

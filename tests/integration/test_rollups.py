@@ -149,3 +149,53 @@ async def test_two_writers_storing_the_same_records_at_once_count_them_once(
             await w.close(grace=5)
         for e in engines:
             e.dispose()
+
+
+def test_new_keys_read_nothing_of_the_base_table_whatever_the_plan(postgresql_url: str) -> None:
+    """PostgreSQL moves the rollups inside the upsert, reading the old values of the rows it
+    updated. Rows it inserted have none: a flush of new keys must not read the base table at
+    all, even under the worst plan a never-analysed table can get (sequential scans only). A
+    plan cached at a small table size used to read the whole tenant on every flush."""
+    import psycopg
+
+    from turnstream.store.postgres import PostgresDialect
+    from turnstream.store.schema import RECORD_TABLES
+
+    engine = create_engine(postgresql_url)
+    migrate(engine)
+    engine.dispose()
+    later = T0 + dt.timedelta(days=30)  # turn(n) starts 7n minutes after T0
+    pipeline = Pipeline(PriceTable.load(), clock=lambda: later)
+
+    def turn_rows(first: int, count: int, **fields: object) -> list[dict[str, object]]:
+        items = [
+            Item("turn", turn(n, **fields), "turns", i)
+            for i, n in enumerate(range(first, first + count))
+        ]
+        prepared = pipeline.prepare("default", "test", items)
+        assert not prepared.rejections
+        return prepared.batch.rows["turn"]
+
+    dialect = PostgresDialect()
+    table = RECORD_TABLES["turn"]
+    url = sa.make_url(postgresql_url).set(drivername="postgresql")
+    now = later
+    with psycopg.connect(url.render_as_string(hide_password=False)) as conn:
+        dialect.prepare(conn)
+        dialect.upsert(conn, table, turn_rows(1, 1000), now)
+        conn.commit()
+
+        def base_rows_read(rows: list[dict[str, object]]) -> int:
+            conn.execute("SET LOCAL enable_indexscan = off")
+            conn.execute("SET LOCAL enable_bitmapscan = off")
+            dialect.upsert(conn, table, rows, now)
+            (read,) = conn.execute(
+                "SELECT seq_tup_read FROM pg_stat_xact_user_tables WHERE relname = 'turns'"
+            ).fetchone()
+            conn.commit()
+            return int(read)
+
+        assert base_rows_read(turn_rows(1001, 500)) == 0
+        # A revision does read its old row (the worst plan makes that a scan here).
+        assert base_rows_read(turn_rows(1, 100, input_tokens=7)) > 0
+    assert_rollups_exact(postgresql_url)

@@ -7,8 +7,9 @@ once. Doors only encode it (gRPC WriteResponse, Kubiya JSON, HoneyHive JSON).
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, Protocol
 
 from turnstream.core import deadletter
@@ -21,6 +22,8 @@ from turnstream.v1 import ingest_pb2
 # time (memory), and each chunk commits in its own transaction, interleaved with other callers'.
 # A Write was never atomic (partial success), and a retry after a failure half-way merges.
 CHUNK_RECORDS = 250
+# Chunks of one request submitted and not yet committed while the next one is prepared.
+AHEAD = 2
 
 
 class Sink(Protocol):
@@ -41,13 +44,42 @@ async def write(
     """Validate, enrich and store `count` records, a chunk at a time; every record ends as a
     row or a dead letter. Returns what was accepted and rejected (in `Prepared`) and the
     merged counts, after everything committed."""
-    total, outcome = Prepared(WriteBatch(tenant_id, door=door)), BatchOutcome()
-    for n in range(0, max(count, 1), CHUNK_RECORDS):
-        if n:
-            await asyncio.sleep(0)  # let other callers' work in between chunks
-        prepared = pipeline.prepare(tenant_id, door, list(itertools.islice(items, CHUNK_RECORDS)))
-        _absorb(total, outcome, prepared, await sink.submit(prepared.batch))
+
+    async def chunks() -> AsyncIterator[Prepared]:
+        for n in range(0, max(count, 1), CHUNK_RECORDS):
+            if n:
+                await asyncio.sleep(0)  # let other callers' work in between chunks
+            yield pipeline.prepare(tenant_id, door, list(itertools.islice(items, CHUNK_RECORDS)))
+
+    total, outcome = await _store(sink, chunks(), Prepared(WriteBatch(tenant_id, door=door)))
     total.rejections.sort(key=lambda r: (r.kind, r.index))
+    return total, outcome
+
+
+async def _store(
+    sink: Sink, chunks: AsyncIterator[Prepared], total: Prepared
+) -> tuple[Prepared, BatchOutcome]:
+    """Submit each chunk as soon as it is prepared, and prepare the next one while the writer
+    stores it: at most AHEAD chunks wait for their commit at once (a chunk's preparation and
+    the previous chunk's flush overlap instead of taking turns). The writer commits in submit
+    order; every submission is awaited, also when one fails, so none is left unanswered."""
+    outcome = BatchOutcome()
+    waiting: collections.deque[tuple[Prepared, asyncio.Future[BatchOutcome]]] = collections.deque()
+    try:
+        async for chunk in chunks:
+            waiting.append((chunk, asyncio.ensure_future(sink.submit(chunk.batch))))
+            if len(waiting) > AHEAD:
+                prepared, stored = waiting.popleft()
+                _absorb(total, outcome, prepared, await stored)
+        while waiting:
+            prepared, stored = waiting.popleft()
+            _absorb(total, outcome, prepared, await stored)
+    finally:
+        # Left only by an error (or the caller's cancellation): the chunks already submitted
+        # are committed or not all the same, as any Write's chunks; wait for them to be
+        # answered so no outcome goes unretrieved.
+        if waiting:
+            await asyncio.gather(*(stored for _, stored in waiting), return_exceptions=True)
     return total, outcome
 
 
@@ -163,7 +195,9 @@ async def write_all_or_nothing(
         )
         failed = Prepared(WriteBatch(tenant_id, door=door), rejections=rejections)
         return failed, None
-    total, outcome = Prepared(WriteBatch(tenant_id, door=door)), BatchOutcome()
-    for chunk in chunks:
-        _absorb(total, outcome, chunk, await sink.submit(chunk.batch))
-    return total, outcome
+
+    async def prepared() -> AsyncIterator[Prepared]:
+        for chunk in chunks:
+            yield chunk
+
+    return await _store(sink, prepared(), Prepared(WriteBatch(tenant_id, door=door)))

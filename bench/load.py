@@ -7,11 +7,20 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 
 from bench import records as realistic
+from turnstream.client.channel import REBALANCE_HEADER
+from turnstream.client.errors import RPCError
 from turnstream.v1 import ingest_pb2, ingest_pb2_grpc, records_pb2
+
+# A channel of its own per stream: grpc otherwise shares one TCP connection among the channels
+# of a process with the same target and options, and `serve --workers N` spreads connections.
+LOCAL = [("grpc.use_local_subchannel_pool", 1)]
+# Past this many turn-aways (REBALANCE) an open is an error: the server takes it after 12.
+MAX_TURNS = 16
 
 
 def make_turn(stream: str, n: int) -> records_pb2.Turn:
@@ -49,8 +58,7 @@ async def drive_unary(
     """`clients` connections, each sending its Writes one after the other."""
     work = [build_writes(f"{prefix}-{c}", requests_per_client, per_request) for c in range(clients)]
     result = Result()
-    local = [("grpc.use_local_subchannel_pool", 1)]
-    channels = [grpc.aio.insecure_channel(target, options=local) for _ in range(clients)]
+    channels = [grpc.aio.insecure_channel(target, options=LOCAL) for _ in range(clients)]
 
     async def client(channel: grpc.aio.Channel, requests: list[ingest_pb2.WriteRequest]) -> None:
         stub = ingest_pb2_grpc.IngestServiceStub(channel)
@@ -78,6 +86,7 @@ class Result:
     records: int = 0
     seconds: float = 0.0
     latencies: list[float] = field(default_factory=list)
+    rebalances: int = 0  # opens turned away by a --workers process, reopened elsewhere
 
     def rate(self) -> float:
         return self.records / self.seconds if self.seconds else 0.0
@@ -89,8 +98,57 @@ class Result:
         return xs[min(len(xs) - 1, int(p / 100 * len(xs)))] * 1000
 
 
+class Connection:
+    """One stream's own connection to the server; `redraw()` replaces it with a new one (a new
+    source port, which SO_REUSEPORT hashes to a process again)."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.channel = grpc.aio.insecure_channel(target, options=LOCAL)
+        self._retired: list[asyncio.Task[None]] = []
+
+    def stub(self) -> ingest_pb2_grpc.IngestServiceStub:
+        return ingest_pb2_grpc.IngestServiceStub(self.channel)
+
+    def redraw(self) -> None:
+        """A new connection at once; the old one closes meanwhile."""
+        old, self.channel = self.channel, grpc.aio.insecure_channel(self.target, options=LOCAL)
+        self._retired.append(asyncio.create_task(old.close()))
+
+    async def close(self) -> None:
+        await asyncio.gather(self.channel.close(), *self._retired)
+
+
+async def open_stream(
+    connection: Connection,
+    stream_id: str,
+    metadata: tuple[tuple[str, str], ...],
+    rebalance: bool,
+    result: Result,
+) -> tuple[Any, ingest_pb2.AppendResponse]:
+    """An Append call with its `opened` answer. With `rebalance`, the call declares that it
+    reopens on a new connection when a --workers process turns it away, and does (as the SDK)."""
+    for turned in range(MAX_TURNS + 1):
+        extra = ((REBALANCE_HEADER, str(turned)),) if rebalance else ()
+        call = connection.stub().Append(metadata=(*metadata, *extra))
+        try:
+            await call.write(
+                ingest_pb2.AppendRequest(open=ingest_pb2.OpenStream(stream_id=stream_id))
+            )
+            opened = await call.read()
+        except grpc.aio.AioRpcError as exc:
+            if not rebalance or RPCError.from_aio(exc).reason != "REBALANCE":
+                raise
+            result.rebalances += 1
+            connection.redraw()
+            continue
+        assert opened is not grpc.aio.EOF and opened.WhichOneof("kind") == "opened", opened
+        return call, opened
+    raise RuntimeError(f"{stream_id}: turned away {MAX_TURNS + 1} times")
+
+
 async def run_stream(
-    stub: ingest_pb2_grpc.IngestServiceStub,
+    connection: Connection,
     stream_id: str,
     requests: list[ingest_pb2.AppendRequest],
     window: int,
@@ -98,13 +156,11 @@ async def run_stream(
     result: Result,
     phase: float = 0.0,
     metadata: tuple[tuple[str, str], ...] = (),
+    rebalance: bool = True,
 ) -> None:
     """Send every batch, keeping at most `window` un-acked; with `interval`, pace the sends
     (open loop) to measure latency at a fixed rate."""
-    call = stub.Append(metadata=metadata)
-    await call.write(ingest_pb2.AppendRequest(open=ingest_pb2.OpenStream(stream_id=stream_id)))
-    opened = await call.read()
-    assert opened.WhichOneof("kind") == "opened", opened
+    call, opened = await open_stream(connection, stream_id, metadata, rebalance, result)
     window = min(window, opened.opened.limits.max_inflight_batches or window)
     sent_at: list[float] = []
     room = asyncio.Semaphore(window)
@@ -147,18 +203,20 @@ async def drive(
     rate: float | None = None,
     prefix: str = "bench",
     metadata: tuple[tuple[str, str], ...] = (),
+    rebalance: bool = True,
 ) -> Result:
     """N concurrent streams; with `rate` (records/s in all) the load is paced. `metadata`:
-    sent with every call (an API key: `authorization: Bearer ...`)."""
+    sent with every call (an API key: `authorization: Bearer ...`). `rebalance`: the streams
+    may be turned away by a `serve --workers` process and reopen on a new connection (False:
+    the split is SO_REUSEPORT's hash alone, as for a client that does not declare it)."""
     all_requests = [
         build_requests(f"{prefix}-{s}", records_per_stream, batch) for s in range(streams)
     ]
     interval = None if rate is None else batch * streams / rate
     result = Result()
-    # One channel (one connection) per stream, as separate workers would have: with
-    # `serve --workers N` the kernel spreads connections, not streams, over the processes.
-    local = [("grpc.use_local_subchannel_pool", 1)]  # else channels share one connection
-    channels = [grpc.aio.insecure_channel(target, options=local) for _ in range(streams)]
+    # One connection per stream, as separate workers would have: with `serve --workers N`
+    # the kernel spreads connections, not streams, over the processes.
+    connections = [Connection(target) for _ in range(streams)]
     try:
         start = time.perf_counter()
         await asyncio.gather(
@@ -166,7 +224,7 @@ async def drive(
                 # Paced streams are spread over the interval (phase), not sent in lockstep:
                 # an open-loop load arrives evenly, not in one burst of every stream at once.
                 run_stream(
-                    ingest_pb2_grpc.IngestServiceStub(channels[s]),
+                    connections[s],
                     f"{prefix}-{s}",
                     reqs,
                     window,
@@ -174,12 +232,13 @@ async def drive(
                     result,
                     s / streams,
                     metadata,
+                    rebalance,
                 )
                 for s, reqs in enumerate(all_requests)
             )
         )
         result.seconds = time.perf_counter() - start
     finally:
-        for channel in channels:
-            await channel.close()
+        for connection in connections:
+            await connection.close()
     return result

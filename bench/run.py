@@ -137,42 +137,73 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def connections(pids: list[int], port: int) -> dict[int, int]:
-    """Established TCP connections to `port` held by each process: its socket fds matched
-    against /proc/net/tcp (how SO_REUSEPORT spread the clients over the workers)."""
-    inodes: dict[str, int] = {}
+def _sockets(port: int, state: str) -> set[str]:
+    """Inodes of the TCP sockets on local `port` in `state` (01 established, 0A listening)."""
+    inodes = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with contextlib.suppress(OSError):
             for row in Path(table).read_text().splitlines()[1:]:
                 cols = row.split()
-                if int(cols[1].rsplit(":", 1)[1], 16) == port and cols[3] == "01":
-                    inodes[cols[9]] = 0
-    split = {}
+                if int(cols[1].rsplit(":", 1)[1], 16) == port and cols[3] == state:
+                    inodes.add(cols[9])
+    return inodes
+
+
+def _held(pids: list[int], inodes: set[str]) -> dict[int, int]:
+    """How many of these sockets each process holds (its fds, from /proc)."""
+    held = {}
     for pid in pids:
-        held = 0
+        n = 0
         with contextlib.suppress(OSError):
             for fd in os.listdir(f"/proc/{pid}/fd"):
                 with contextlib.suppress(OSError):
                     link = os.readlink(f"/proc/{pid}/fd/{fd}")
-                    if link.startswith("socket:[") and link[8:-1] in inodes:
-                        held += 1
-        split[pid] = held
-    return split
+                    n += link.startswith("socket:[") and link[8:-1] in inodes
+        held[pid] = n
+    return held
+
+
+def connections(pids: list[int], port: int) -> dict[int, int]:
+    """Established TCP connections to `port` held by each process (how SO_REUSEPORT and the
+    rebalancing spread the clients over the workers)."""
+    return _held(pids, _sockets(port, "01"))
+
+
+def listening(pids: list[int], port: int) -> int:
+    """How many of `pids` hold a socket listening on `port` (a worker serves once it does)."""
+    return sum(1 for n in _held(pids, _sockets(port, "0A")).values() if n)
+
+
+def wait_listening(proc: subprocess.Popen[bytes], workers: int, port: int) -> list[int]:
+    """The server's pids once all `workers` processes listen on `port`. A fixed sleep after the
+    first answers health is not enough on a busy machine: a worker still starting leaves every
+    connection to the others (8/0), whatever the balancing does."""
+    deadline = time.monotonic() + 60
+    pids = server_pids(proc)
+    while len(pids) < workers or listening(pids, port) < workers:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the {workers} server processes did not all listen within 60 s")
+        time.sleep(0.2)
+        pids = server_pids(proc)
+    time.sleep(0.2)  # a worker publishes its slot just after it listens
+    return pids
 
 
 async def measured(
     work: Coroutine[Any, Any, Result], pids: list[int], port: int | None = None, expect: int = 0
 ) -> tuple[Result, float, dict[int, int]]:
-    """Run a load; the server's CPU seconds meanwhile, and (with `port`) its connection split,
-    sampled once `expect` connections are open."""
+    """Run a load; the server's CPU seconds meanwhile, and (with `port`) its connection split:
+    the last sample, taken every 0.1 s while the load runs, in which exactly `expect`
+    connections were open (while streams open, a stream turned away to another process still
+    holds its old connection for a moment: the first samples are not the split it runs at)."""
     before = cpu_seconds(pids)
     task = asyncio.ensure_future(work)
     split: dict[int, int] = {}
     while port is not None and not task.done():
-        await asyncio.sleep(0.2)
-        split = connections(pids, port)
-        if sum(split.values()) >= expect:
-            break
+        await asyncio.sleep(0.1)
+        sample = connections(pids, port)
+        if sum(sample.values()) == expect:
+            split = sample
     result = await task
     return result, cpu_seconds(pids) - before, split
 
@@ -199,8 +230,8 @@ def bench_dialect(name: str, url: str, ceiling_url: str, args: argparse.Namespac
     workers = args.workers if name == "postgresql" else args.sqlite_workers
     proc, target = start_server(url, workers)
     port = int(target.rsplit(":", 1)[1])
-    time.sleep(1.0)  # the workers are up once the first answers health; let them settle
-    pids = server_pids(proc)
+    # Every worker must listen before the load starts, or the first ones take every connection.
+    pids = wait_listening(proc, workers, port)
     out = [
         f"\n### {name}\n",
         f"Server: `turnstream serve --workers {workers}`. Records: realistic (bench/records.py:"

@@ -53,6 +53,8 @@ FAILURES: dict[str, Failure] = {
     # The server cannot take it now: retry after RetryInfo / Retry-After.
     "STORE_UNAVAILABLE": Failure(code_pb2.UNAVAILABLE, 503),
     "SHUTTING_DOWN": Failure(code_pb2.UNAVAILABLE, 503),
+    # A --workers process holds more streams than another: reopen on a new connection at once.
+    "REBALANCE": Failure(code_pb2.UNAVAILABLE, 503),
     "INTERNAL": Failure(code_pb2.INTERNAL, 500),
 }
 
@@ -188,6 +190,19 @@ def invalid_request(
 
 def unavailable(message: str, retry_after: float) -> status_pb2.Status:
     return status(code_pb2.UNAVAILABLE, message, "STORE_UNAVAILABLE", retry_after=retry_after)
+
+
+def rebalance(attempt: int, most: int) -> status_pb2.Status:
+    """An Append open turned away by one of `serve --workers N`'s processes (doors/balance.py)
+    to even the streams out: retry at once, on a new connection (a new source port)."""
+    return status(
+        code_pb2.UNAVAILABLE,
+        "this server process holds more streams than another of its --workers: reopen the "
+        f"stream on a new connection (turned away {attempt + 1} of at most {most} times)",
+        "REBALANCE",
+        metadata={"attempt": str(attempt + 1)},
+        retry_after=0.0,
+    )
 
 
 def malformed(what: str, problem: str) -> status_pb2.Status:

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 import sqlalchemy as sa
@@ -41,6 +42,8 @@ from turnstream.core.pricing import PriceTable
 from turnstream.core.service import IngestCalls
 from turnstream.doors import http_analytics, http_honeyhive, http_kubiya, http_native, openapi
 from turnstream.doors.admission import Admission
+from turnstream.doors.balance import ENV as WORKER_SLOT
+from turnstream.doors.balance import Balance, Shares
 from turnstream.doors.grpc_analytics import AnalyticsServicer
 from turnstream.doors.grpc_auth import authorizer
 from turnstream.doors.grpc_guard import add_guarded
@@ -94,8 +97,10 @@ def openapi_document() -> openapi.Document:
 class Server:
     """One turnstream process. `start()` binds both listeners; `stop()` drains."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, spread: Balance | None = None) -> None:
         self.settings = settings
+        # With --workers: this process's slot in the shared stream counts (doors/balance.py).
+        self.spread = spread
         self.engine: sa.Engine | None = None
         self.writer: Writer | None = None
         self.grpc_port = 0
@@ -154,7 +159,9 @@ class Server:
             pipeline, self.writer, s.max_request_records, self.writer.committed_offset
         )
         authorize = authorizer(auth)
-        servicer = IngestServicer(calls, self._streaming, authorize, auth.recheck)
+        servicer = IngestServicer(
+            calls, self._streaming, authorize, auth.recheck, spread=self.spread
+        )
 
         # Without --workers a second server on the same port must fail, not silently share it.
         reuse = [("grpc.so_reuseport", 1 if s.reuse_port else 0)]
@@ -200,6 +207,8 @@ class Server:
         if self.grpc_port == 0:
             raise OSError(f"cannot listen on {s.grpc_addr} (gRPC): address in use or not local")
         await self._grpc.start()
+        if self.spread is not None:  # it takes streams from now on: the others count on it
+            self.spread.serving()
         http = HttpContext(
             pipeline,
             self.writer,
@@ -244,11 +253,16 @@ class Server:
         read this one's files)."""
         metrics = Metrics(str(self.settings.metrics_dir) if self.settings.metrics_dir else None)
         writer.on_flush = metrics.on_flush
-        unpriced = [0]
+        unpriced, turned = [0], [0]
+        spread = self.spread
 
         def sample() -> None:
             metrics.pending_rows.set(writer.stats.pending_rows)
             metrics.open_streams.set(streaming.open_streams)
+            metrics.process_open_streams.set(streaming.open_streams)
+            if spread is not None and spread.turned_away > turned[0]:
+                metrics.rebalanced.inc(spread.turned_away - turned[0])
+                turned[0] = spread.turned_away
             metrics.database_up.set(1 if writer.healthy else 0)
             if pipeline.unpriced_total > unpriced[0]:
                 metrics.unpriced.inc(pipeline.unpriced_total - unpriced[0])
@@ -333,6 +347,8 @@ class Server:
             return max(0.0, deadline - loop.time())
 
         self._serving = False
+        if self.spread is not None:
+            self.spread.stopping()
         await self.health.enter_graceful_shutdown()
         if self._sampling is not None:
             self._sampling.cancel()
@@ -351,6 +367,8 @@ class Server:
             await self.writer.close(left())
         if self.engine is not None:
             await _bounded(self.engine.dispose, min(left(), 0.5))
+        if self.spread is not None:
+            self.spread.close()
 
     async def _stop_grpc(self, grace: float) -> None:
         if self._grpc is None:
@@ -384,12 +402,26 @@ async def serve(settings: Settings) -> None:
     problems = settings.validate()
     if problems:
         raise ValueError("invalid settings: " + "; ".join(problems))
+    # The first process of a --workers group creates the shared stream counts; its workers
+    # are given their slots (doors/balance.py).
+    shares: Path | None = None
+    spread = Balance.from_env()
     if settings.workers > 1:
         settings = dataclasses.replace(settings, reuse_port=True)
-    server = Server(settings)
+        shares = Shares.create(settings.workers)
+        spread = Balance(Shares(shares, 0))
+    try:
+        await _serve(settings, spread, shares)
+    finally:
+        if shares is not None:
+            shares.unlink(missing_ok=True)
+
+
+async def _serve(settings: Settings, spread: Balance | None, shares: Path | None) -> None:
+    server = Server(settings, spread)
     await server.start()
     gctune.tune()
-    workers = _spawn_workers(settings) if settings.workers > 1 else []
+    workers = _spawn_workers(settings, shares) if shares is not None else []
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -444,13 +476,16 @@ async def _bounded(fn: Callable[[], None], within: float) -> None:
         log.warning("%s did not finish within %.1fs; leaving it", fn, within)
 
 
-def _spawn_workers(settings: Settings) -> list[subprocess.Popen[bytes]]:
+def _spawn_workers(settings: Settings, shares: Path) -> list[subprocess.Popen[bytes]]:
     """settings.workers - 1 more processes on the same ports. They get these settings through
-    the environment (flags would make them spawn workers of their own); this process already
-    migrated the database."""
+    the environment (flags would make them spawn workers of their own), and each its slot in
+    `shares` (this process has slot 0); this process already migrated the database."""
     single = dataclasses.replace(settings, workers=1, auto_migrate=False, reuse_port=True)
     env = {**os.environ, **single.to_env()}
     command = [sys.executable, "-m", "turnstream.cli", "serve"]
-    workers = [subprocess.Popen(command, env=env) for _ in range(settings.workers - 1)]
+    workers = [
+        subprocess.Popen(command, env={**env, WORKER_SLOT: f"{i}:{shares}"})
+        for i in range(1, settings.workers)
+    ]
     log.info("started %d more workers: %s", len(workers), [w.pid for w in workers])
     return workers

@@ -17,6 +17,18 @@ DEFAULT_CHANNEL_OPTIONS: dict[str, Any] = {
 }
 
 
+# Sent on Append: this client reopens a stream turned away (REBALANCE) on a new connection, so
+# a `serve --workers N` process holding more streams than another may turn it away.
+REBALANCE_HEADER = "turnstream-rebalance"
+
+
+def own_connection(extra: Sequence[tuple[str, Any]] | None) -> list[tuple[str, Any]]:
+    """`extra` plus a subchannel pool of the channel's own. By default grpc shares one TCP
+    connection among every channel of a process with the same target and options; a stream
+    turned away must come back on a connection of its own (a new source port, a new hash)."""
+    return [*(extra or ()), ("grpc.use_local_subchannel_pool", 1)]
+
+
 def channel_options(extra: Sequence[tuple[str, Any]] | None) -> list[tuple[str, Any]]:
     """The SDK's defaults, overridden by the caller's options."""
     return list({**DEFAULT_CHANNEL_OPTIONS, **dict(extra or ())}.items())

@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 
 from turnstream.client.backoff import Backoff
-from turnstream.client.channel import channel_for
+from turnstream.client.channel import REBALANCE_HEADER, channel_for, own_connection
 from turnstream.client.convert import to_record
 from turnstream.client.credentials import with_api_key
 from turnstream.client.errors import Rejection, RPCError, StreamError
@@ -34,6 +34,9 @@ log = logging.getLogger("turnstream.client")
 _HEARTBEAT = ingest_pb2.AppendRequest(heartbeat=ingest_pb2.Heartbeat())
 # How long close() waits for the server to end the stream after the last ack.
 _CLOSE_TIMEOUT = 2.0
+# The server takes an open after at most 12 turn-aways (REBALANCE); past this many, one is
+# treated like any UNAVAILABLE (backoff and patience), so no server can keep a writer looping.
+_MAX_TURNS = 16
 
 
 class _Signal:
@@ -136,6 +139,11 @@ class StreamWriter:
         """Records the server refused as invalid (a subset of `acked`)."""
         self.reconnects = 0
         """Times the stream was reopened after the first open."""
+        self.rebalances = 0
+        """Times a `serve --workers` process turned an open away (REBALANCE) and the writer
+        reopened the stream on a new connection."""
+        self._turned = 0  # turn-aways of the open under way
+        self._retired: set[asyncio.Task[None]] = set()  # channels left by a turn-away, closing
         self.rejections: list[Rejection] = []
         """Every rejection, in offset order."""
 
@@ -211,6 +219,8 @@ class StreamWriter:
                     await self._task
             if self._channel is not None:
                 await self._channel.close()
+            if self._retired:
+                await asyncio.gather(*self._retired, return_exceptions=True)
         if self._fatal is not None and not self._fatal_raised and flush:
             self._fatal_raised = True
             raise self._fatal
@@ -328,6 +338,9 @@ class StreamWriter:
             except ProtocolError as exc:
                 self._fail(StreamError(exc.code, exc.message))
                 return
+            if error is not None and self._rebalance(error):
+                self._reconnect_elsewhere()
+                continue
             if self._closing and (error is None or stream_retryable(error)):
                 return
             ending = Ending(self._attempt_opened, error, drained, reason)
@@ -352,10 +365,40 @@ class StreamWriter:
             )
             await asyncio.sleep(delay)
 
+    def _rebalance(self, error: RPCError) -> bool:
+        """The open was turned away to even the streams over a server's --workers processes:
+        reopen at once on a new connection (not a failure: no backoff, no patience spent)."""
+        return (
+            error.code == grpc.StatusCode.UNAVAILABLE
+            and error.reason == "REBALANCE"
+            and not self._closing
+            and self._turned < _MAX_TURNS
+        )
+
+    def _reconnect_elsewhere(self) -> None:
+        """A channel of its own (not the process's shared connection to the target): a new
+        TCP connection, from a new source port, which the server's kernel hashes again."""
+        self._turned += 1
+        self.rebalances += 1
+        log.debug(
+            "stream %s: turned away (REBALANCE); reopening on a new connection", self.stream_id
+        )
+        old = self._channel
+        self._channel = channel_for(
+            self.target, own_connection(self._channel_options), self._credentials
+        )
+        self._stub = ingest_pb2_grpc.IngestServiceStub(self._channel)
+        if old is not None:  # closed meanwhile: the reopen need not wait for it
+            task = asyncio.create_task(old.close())
+            self._retired.add(task)
+            task.add_done_callback(self._retired.discard)
+
     async def _connection(self) -> bool:
         """One connection: open, then send and receive until it ends. Returns True when the
         server drained it; raises AioRpcError when it failed."""
-        call = self._stub.Append(metadata=self._metadata)
+        # Declares that this writer can be turned away and reopen on a new connection.
+        metadata = (*self._metadata, (REBALANCE_HEADER, str(self._turned)))
+        call = self._stub.Append(metadata=metadata)
         self._draining = False
         sender: asyncio.Task[None] | None = None
         receiver: asyncio.Task[bool] | None = None
@@ -376,6 +419,7 @@ class StreamWriter:
                 )
             self._on_opened(response.opened)
             self._attempt_opened = self._live = True
+            self._turned = 0
             receiver = asyncio.create_task(self._receive(call))
             sender = asyncio.create_task(self._send(call))
             done, _ = await asyncio.wait({receiver, sender}, return_when=asyncio.FIRST_COMPLETED)

@@ -4,6 +4,8 @@ Failures to gRPC. Append and GetStream are handed to the streaming door."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -13,10 +15,14 @@ from google.rpc import status_pb2
 
 from turnstream.core.auth import INGEST
 from turnstream.core.service import IngestCalls
-from turnstream.doors.grpc_answer import answer
+from turnstream.doors import balance
+from turnstream.doors.grpc_answer import abort, answer
 from turnstream.doors.grpc_auth import Authorize
 from turnstream.doors.grpc_guard import Malformed
 from turnstream.v1 import ingest_pb2, ingest_pb2_grpc
+
+# How long an Append turned away (REBALANCE) waits for its open message before the answer.
+OPEN_WAIT = 1.0
 
 
 class Streaming(Protocol):
@@ -41,8 +47,10 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         streaming: Streaming,
         authorize: Authorize,
         recheck: Callable[[Any], Awaitable[status_pb2.Status | None]] | None = None,
+        spread: balance.Balance | None = None,
     ):
         self.calls = calls
+        self.spread = spread
         self.streaming = streaming
         self.authorize = authorize
         self.recheck = recheck
@@ -105,7 +113,22 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         recheck = None
         if self.recheck is not None:
             recheck = functools.partial(self.recheck, principal)
-        await self.streaming.append(context, principal.tenant, recheck)
+        if self.spread is None:
+            await self.streaming.append(context, principal.tenant, recheck)
+            return
+        # `serve --workers N`: an open may be turned away to even the streams out (balance.py).
+        refused = self.spread.admit(balance.attempt_of(context.invocation_metadata()))
+        if refused is not None:
+            # Read the open first: a status sent while the client is still writing it reaches
+            # grpc's Python client as INTERNAL ("Internal error from Core"), not as REBALANCE.
+            # A client that sends nothing is not waited for long.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(context.read(), OPEN_WAIT)
+            await abort(context, refused)
+        try:
+            await self.streaming.append(context, principal.tenant, recheck)
+        finally:
+            self.spread.leave()
 
     async def GetStream(
         self, request: ingest_pb2.GetStreamRequest, context: grpc.aio.ServicerContext[Any, Any]

@@ -126,6 +126,19 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.process_open_streams = Gauge(
+            "turnstream_process_open_streams",
+            "Append streams with a live call in this process: with --workers, one sample per "
+            "process (label pid), which shows how evenly the streams are spread.",
+            registry=r,
+            multiprocess_mode="liveall",
+        )
+        self.rebalanced = Counter(
+            "turnstream_streams_rebalanced_total",
+            "Append opens turned away (REBALANCE) by a --workers process holding more streams "
+            "than another, to be reopened on a new connection.",
+            registry=r,
+        )
         self.unpriced = Counter(
             "turnstream_unpriced_turns_total",
             "Turns whose model has no price (cost left empty, never guessed).",

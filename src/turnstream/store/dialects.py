@@ -87,6 +87,13 @@ class Dialect(Protocol):
         refused: list[tuple[int, BaseException]] | None = None,
     ) -> dict[Key, int]: ...
     def upsert_derived(self, conn: Any, rows: Sequence[Row], now: dt.datetime) -> None: ...
+    def upsert_rolled(
+        self,
+        conn: Any,
+        rows: dict[str, tuple[sa.Table, list[Row]]],
+        derived: list[Row],
+        now: dt.datetime,
+    ) -> dict[str, dict[Key, int]]: ...
     def insert_rejected(self, conn: Any, rows: Sequence[Row]) -> None: ...
 
     def advance(self, conn: Any, tenant_id: str, adv: StreamAdvance, now: dt.datetime) -> bool: ...
@@ -149,6 +156,36 @@ class SqlDialect:
             cur.execute(sql + tail, params)
             if returning:
                 out += cur.fetchall()
+        return out
+
+    def upsert(
+        self,
+        conn: Any,
+        table: sa.Table,
+        rows: Sequence[Row],
+        now: dt.datetime,
+        *,
+        again: bool = False,
+        refused: list[tuple[int, BaseException]] | None = None,
+    ) -> dict[Key, int]:
+        raise NotImplementedError  # each dialect's own
+
+    def upsert_rolled(
+        self,
+        conn: Any,
+        rows: dict[str, tuple[sa.Table, list[Row]]],
+        derived: list[Row],
+        now: dt.datetime,
+    ) -> dict[str, dict[Key, int]]:
+        """The upserts of the rolled kinds (kind -> its table and rows, each within what one
+        statement takes), then the derived executions; kind -> revisions. Here one statement
+        each; a dialect may send them as one."""
+        out = {
+            kind: self.upsert(conn, table, kind_rows, now)
+            for kind, (table, kind_rows) in rows.items()
+        }
+        if derived:
+            self.upsert_derived(conn, derived, now)
         return out
 
     def upsert_derived(self, conn: Any, rows: Sequence[Row], now: dt.datetime) -> None:

@@ -21,10 +21,13 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
+import sqlalchemy as sa
+
 from turnstream.core.batch import KINDS, WriteBatch
+from turnstream.core.rows import Row
 from turnstream.store import rollup, schema
 from turnstream.store.faults import StoreUnavailable, is_value_error, refusal
-from turnstream.store.group import GroupWrite, Result, count, merge_derived
+from turnstream.store.group import STATEMENT_ROWS, GroupWrite, Result, Sent, count, merge_derived
 from turnstream.store.isolate import Guarded, TrustedRefused
 from turnstream.store.lane import Lane
 
@@ -111,17 +114,24 @@ class Fast(GroupWrite):
     def fast(self, conn: Any) -> list[Result]:
         self.conn = conn
         self._advance_streams()
+        derived = merge_derived([r for i in self.live for r in self.batches[i].derived_executions])
+        rolled: dict[str, tuple[sa.Table, list[Row]]] = {}
+        orders: dict[str, list[Sent]] = {}
         for kind in KINDS:
             table = schema.RECORD_TABLES[kind]
             merged, order = self._merge(kind, table, self.live)
             if not merged:
                 continue
-            revisions = self._upsert(table, list(merged.values()))
-            count(kind, order, revisions, self.results)
-        derived = merge_derived([r for i in self.live for r in self.batches[i].derived_executions])
-        if derived:
-            self.dialect.upsert_derived(conn, derived, self.now)
+            if kind in rollup.ROLLED and len(merged) <= STATEMENT_ROWS:
+                # Sent with the derived executions, after the explicit ones (store them first).
+                rolled[kind], orders[kind] = (table, list(merged.values())), order
+                continue
+            count(kind, order, self._upsert(table, list(merged.values())), self.results)
+        if rolled or derived:
+            moved = self.dialect.upsert_rolled(conn, rolled, derived, self.now)
             self.lane.touch()
+            for kind, revisions in moved.items():
+                count(kind, orders[kind], revisions, self.results)
         rejected = [r for i in self.live for r in self.batches[i].rejected]
         if rejected:
             self._insert_rejected(rejected)

@@ -49,13 +49,11 @@ class GroupWrite:
         self.live: list[int] = []  # batches whose stream advance (if any) succeeded
 
     def _upsert(self, table: sa.Table, rows: list[Row]) -> dict[Key, int]:
-        """The bulk upsert of a transaction, in statements of at most STATEMENT_ROWS rows (the
-        first through the staging table, the others through the isolation one)."""
+        """The bulk upsert of a transaction, in statements of at most STATEMENT_ROWS rows."""
         revisions: dict[Key, int] = {}
         for start in range(0, len(rows), STATEMENT_ROWS):
             chunk = rows[start : start + STATEMENT_ROWS]
-            again = start > 0
-            revisions.update(self.dialect.upsert(self.conn, table, chunk, self.now, again=again))
+            revisions.update(self.dialect.upsert(self.conn, table, chunk, self.now))
             self.lane.touch()
         return revisions
 

@@ -208,8 +208,17 @@ class Rollups:
 
     def moved_by(self, kind: str, upsert: str, ctes: str = "") -> str:
         """PostgreSQL: one statement that runs `upsert` and moves the rollup by what it
-        changed. `upsert` is an `INSERT … ON CONFLICT … RETURNING <key>, revision` into the
-        base table, followed by `returning(kind)`; the statement answers `<key>, revision`.
+        changed (`moving`); it answers `<key>, revision`."""
+        statement = f"""WITH {ctes}{self.moving(kind, upsert)}
+            SELECT tenant_id, execution_id, record_key, revision FROM up"""
+        return statement
+
+    def moving(self, kind: str, upsert: str, name: str = "") -> str:
+        """PostgreSQL: the CTEs of a statement that runs `upsert` and moves the rollup by what
+        it changed. `upsert` is an `INSERT … ON CONFLICT … RETURNING <key>, revision` into the
+        base table, followed by `returning(kind)`; `{name}up` holds its answer. `name`
+        prefixes every CTE, so that the upserts of both rolled kinds can share one statement
+        (they touch disjoint tables).
 
         The base table read in `old` is the statement's snapshot: the rows as they were before
         the upsert (every part of a statement sees one snapshot, whatever order they run in),
@@ -250,22 +259,22 @@ class Rollups:
         nonzero = " OR ".join(f"{v} <> 0" for v in values)
         same = " AND ".join(f"r.{c} = g.{c}" for c in pk)
         by = ", ".join(str(i) for i in range(1, len(pk) + 1))
-        source = f"SELECT * FROM g WHERE NOT EXISTS (SELECT 1 FROM gone r WHERE {same})"
-        statement = f"""WITH {ctes}up AS ({upsert}),
-            old AS (SELECT u.tenant_id, u.execution_id, {qualified}
-                FROM up u CROSS JOIN LATERAL (SELECT {qualified} FROM {base} b
+        n = name
+        source = f"SELECT * FROM {n}g g WHERE NOT EXISTS (SELECT 1 FROM {n}gone r WHERE {same})"
+        return f"""{n}up AS ({upsert}),
+            {n}old AS (SELECT u.tenant_id, u.execution_id, {qualified}
+                FROM {n}up u CROSS JOIN LATERAL (SELECT {qualified} FROM {base} b
                     WHERE b.tenant_id = u.tenant_id AND b.execution_id = u.execution_id
                     AND b.record_key = u.record_key OFFSET 0) b
                 WHERE u.revision > 1),
-            s AS (SELECT 1 AS sign, tenant_id, execution_id, {plain} FROM up
-                UNION ALL SELECT -1, tenant_id, execution_id, {plain} FROM old),
-            g AS (SELECT * FROM (SELECT tenant_id, execution_id, {groups}, SUM(sign) AS {count},
-                {sums} FROM s GROUP BY {by}) d WHERE {nonzero}),
-            gone AS (DELETE FROM {rollup} r USING g WHERE {same} AND r.{count} + g.{count} = 0
+            {n}s AS (SELECT 1 AS sign, tenant_id, execution_id, {plain} FROM {n}up
+                UNION ALL SELECT -1, tenant_id, execution_id, {plain} FROM {n}old),
+            {n}g AS (SELECT * FROM (SELECT tenant_id, execution_id, {groups},
+                SUM(sign) AS {count}, {sums} FROM {n}s GROUP BY {by}) d WHERE {nonzero}),
+            {n}gone AS (DELETE FROM {rollup} r USING {n}g g
+                WHERE {same} AND r.{count} + g.{count} = 0
                 RETURNING {", ".join(f"r.{c}" for c in pk)}),
-            moved AS ({self.upsert_sql(kind, source)})
-            SELECT tenant_id, execution_id, record_key, revision FROM up"""
-        return statement
+            {n}moved AS ({self.upsert_sql(kind, source)})"""
 
     def _add(self, conn: Any, kind: str, tenant: str, delta: Sums) -> None:
         if not delta:

@@ -35,7 +35,7 @@ from tests.integration.test_append import (
 )
 from turnstream.client import StreamError, StreamWriter
 from turnstream.core import deadletter
-from turnstream.core.batch import BatchOutcome, FailedRow, StreamAdvance, WriteBatch
+from turnstream.core.batch import BatchOutcome, FailedRow, StreamAdvance, Submission, WriteBatch
 from turnstream.core.pipeline import Pipeline
 from turnstream.server import Server
 from turnstream.store.writer import Writer
@@ -75,6 +75,12 @@ class RefusingWriter:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.real, name)
+
+    def enqueue(self, batch: WriteBatch) -> Submission:
+        # The door hands batches over with enqueue (and join); this fake's submissions are
+        # taken from the start, so nothing joins them: every message is one submit, as before.
+        future = asyncio.ensure_future(self.submit(batch))
+        return Submission(batch, future, batch.size(), taken=True)
 
     async def submit(self, batch: WriteBatch) -> BatchOutcome:
         bad = [i for i, r in enumerate(batch.rows["turn"]) if r["turn_number"] in self.refused]

@@ -3,10 +3,11 @@ stream offset the same transaction must advance (no I/O)."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from turnstream.core.rows import Row
+from turnstream.core.rows import Row, widen_span
 
 KINDS = ("execution", "turn", "tool_call", "task")
 
@@ -49,6 +50,43 @@ class WriteBatch:
     def size(self) -> int:
         return sum(len(r) for r in self.rows.values()) + len(self.rejected)
 
+    def starts(self) -> tuple[int, ...]:
+        """Where rows added next would start, per kind (in KINDS order): see `absorb`."""
+        rows = self.rows
+        return (
+            len(rows["execution"]),
+            len(rows["turn"]),
+            len(rows["tool_call"]),
+            len(rows["task"]),
+        )
+
+    def absorb(self, other: WriteBatch) -> None:
+        """Add `other` (the next batch of the same stream, starting where this one ends) after
+        this batch's rows: stored in one transaction, advancing the stream over both. A row of
+        `other` lands at `starts()` (taken before) + its position; `BatchOutcome.part` maps a
+        refused row back."""
+        for kind, got in other.rows.items():
+            if got:
+                self.rows[kind] += got
+                self.sources[kind] += other.sources[kind]
+        if other.rejected:
+            self.rejected += other.rejected
+        if other.derived_executions:
+            spans: dict[str, list[Any]] = {}
+            for row in self.derived_executions:
+                widen_span(spans, row)
+            for row in other.derived_executions:
+                widen_span(spans, row)
+            self.derived_executions = [
+                {"tenant_id": self.tenant_id, "execution_id": e, "started_at": s, "completed_at": c}
+                for e, (s, c) in spans.items()
+            ]
+        mine, theirs = self.stream, other.stream
+        assert mine is not None and theirs is not None and mine.to_offset == theirs.from_offset
+        self.stream = StreamAdvance(
+            mine.stream_id, mine.epoch, mine.from_offset, theirs.to_offset, mine.first_index
+        )
+
 
 @dataclass(slots=True)
 class KindCounts:
@@ -85,3 +123,28 @@ class BatchOutcome:
 
     counts: dict[str, KindCounts] = field(default_factory=lambda: {k: KindCounts() for k in KINDS})
     failed: list[FailedRow] = field(default_factory=list)
+
+    def part(self, start: tuple[int, ...], stop: tuple[int, ...] | None) -> list[FailedRow]:
+        """The refused rows of one batch absorbed into the batch this outcome answers (its rows
+        from `start` to `stop` per kind, None = to the end), at positions in its own rows.
+        (The counts are the whole batch's: they are for metrics, never split.)"""
+        found = []
+        for f in self.failed:
+            k = KINDS.index(f.kind)
+            if start[k] <= f.position and (stop is None or f.position < stop[k]):
+                found.append(FailedRow(f.kind, f.position - start[k], f.description))
+        return found
+
+
+@dataclass(slots=True)
+class Submission:
+    """A batch handed to the writer (`Writer.enqueue`) and the future of its outcome. Until the
+    writer takes it into a flush (`taken`), its submitter may add the next batch of the same
+    stream to it (`Writer.join`): one batch in the flush, one future for both."""
+
+    batch: WriteBatch
+    future: asyncio.Future[BatchOutcome]
+    size: int
+    taken: bool = False
+    admitted: bool = False
+    joined: int = 0  # batches joined to it after the first

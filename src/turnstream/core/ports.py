@@ -8,6 +8,7 @@ import datetime as dt
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from turnstream.core.batch import Submission, WriteBatch
     from turnstream.v1 import analytics_pb2 as pb
 
 
@@ -52,6 +53,10 @@ class StreamStore(Protocol):
     async def open_stream(self, tenant_id: str, stream_id: str) -> StreamPosition: ...
 
     async def submit(self, batch: Any) -> Any: ...
+
+    def enqueue(self, batch: WriteBatch) -> Submission: ...
+
+    def join(self, submission: Submission, batch: WriteBatch) -> bool: ...
 
 
 # Where a ListExecutions page ends: the last execution's (started_at, execution_id).

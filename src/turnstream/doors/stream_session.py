@@ -10,6 +10,7 @@ stream's reads and answers for the whole of its preparation."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -18,7 +19,7 @@ import grpc
 from google.rpc import status_pb2
 
 from turnstream import errors, logctx
-from turnstream.core.batch import BatchOutcome, StreamAdvance, WriteBatch
+from turnstream.core.batch import BatchOutcome, StreamAdvance, Submission, WriteBatch
 from turnstream.core.pipeline import Prepared, answer_failures, join
 from turnstream.core.ports import StoreUnavailable, StreamConflict
 from turnstream.core.service import stream_id_problem
@@ -39,16 +40,43 @@ HEARTBEAT = ingest_pb2.AppendResponse(heartbeat=ingest_pb2.Heartbeat())
 STEP = 50
 
 
+# Where the first batch of a submission starts in it, per kind.
+_ORIGIN = (0, 0, 0, 0)
+
+
+@dataclass(slots=True)
+class _Group:
+    """One writer submission and the batches of this call it holds, in order: the first one
+    enqueued, the next ones joined while the writer had not taken it yet (Writer.join)."""
+
+    submission: Submission
+    # Per batch: where its rows start in the submission's batch, per kind (core.batch.KINDS).
+    starts: list[tuple[int, ...]] = field(default_factory=lambda: [_ORIGIN])
+
+    def failed(self, member: int, outcome: BatchOutcome) -> BatchOutcome:
+        """`outcome` of the whole submission as the outcome of its `member`-th batch: the rows
+        the database refused of that batch, at positions in its own rows."""
+        starts = self.starts
+        if not outcome.failed or len(starts) == 1:
+            return outcome
+        stop = starts[member + 1] if member + 1 < len(starts) else None
+        return BatchOutcome(outcome.counts, outcome.part(starts[member], stop))
+
+
 @dataclass(slots=True)
 class _Ack:
-    """The answer slot of one batch: the ack to send, sent once `store` (if any) committed.
-    The rejections are added then: rows the database refused are only known from the outcome."""
+    """The answer slot of one batch: the ack to send (`response.ack`), sent once `store` (if
+    any) committed. The rejections are added then: rows the database refused are only known from
+    the outcome."""
 
-    ack: ingest_pb2.BatchAck
+    response: ingest_pb2.AppendResponse
     store: asyncio.Future[BatchOutcome] | None = None
     prepared: Prepared | None = None
     # Records with no kind: answered without reaching the pipeline's rejections.
     empty: list[ingest_pb2.RecordRejection] = field(default_factory=list)
+    # The submission holding the batch, and which of its batches this one is.
+    group: _Group | None = None
+    member: int = 0
 
 
 @dataclass(slots=True)
@@ -107,16 +135,24 @@ class Session:
         # batch must start.
         self.next_offset = 0
         self._settings = door.settings
-        self._slots: asyncio.Queue[_Ack | _End] = asyncio.Queue()
+        # Answer slots in request order; the answer loop waits on `_waiter` for the next one
+        # (or its commit, or a stop, or a heartbeat due): one future per wait, no task.
+        self._slots: collections.deque[_Ack | _End] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._awaited: asyncio.Future[BatchOutcome] | None = None  # the store it waits for
+        self._beat: asyncio.TimerHandle | None = None
         self._unanswered = 0  # batches read and not yet answered (the backpressure window)
         self._room = asyncio.Event()
         self._stopped: asyncio.Future[status_pb2.Status] = (
             asyncio.get_running_loop().create_future()
         )
+        self._stopped.add_done_callback(self._wake)
         self._draining = False
         self._reader: asyncio.Task[None] | None = None
-        self._read: asyncio.Future[Any] | None = None
+        self._reading = False  # the reader waits in context.read()
+        self._abandon_read = False  # drain cancelled that read
         self._stores: set[asyncio.Future[BatchOutcome]] = set()
+        self._group: _Group | None = None  # the last submission: others may still join it
         self._last_sent = 0.0
         self._opened = False
 
@@ -133,10 +169,11 @@ class Session:
             return
         self._draining = True
         self._room.set()
-        if self._read is not None and not self._read.done():
+        if self._reading and self._reader is not None and not self._abandon_read:
             # A message already received is still processed; a read still waiting is abandoned
             # (nothing of it reached us, so nothing is lost: the client resends it on resume).
-            self._read.cancel()
+            self._abandon_read = True
+            self._reader.cancel()
 
     def stop(self, status: status_pb2.Status) -> None:
         """End the call now with `status`, whatever is still unanswered."""
@@ -211,11 +248,12 @@ class Session:
 
     async def _answer_loop(self) -> status_pb2.Status | None:
         """Answer slots in request order; an ack only after its batch committed."""
+        slots = self._slots
+        self._on_beat()
         while True:
-            if self._slots.empty():
-                slot = await self._until(asyncio.ensure_future(self._slots.get()))
-            else:
-                slot = self._slots.get_nowait()
+            if not slots:
+                await self._idle(None)
+            slot = slots.popleft()
             if isinstance(slot, _End):
                 failed = await self._committed(slot.store)
                 if failed is not None:
@@ -226,13 +264,59 @@ class Session:
                         ingest_pb2.AppendResponse(drain=ingest_pb2.Drain(reason=reason))
                     )
                 return slot.status
-            failed = await self._committed(slot.store, slot)
-            if failed is not None:
-                return failed
-            self.committed_offset = slot.ack.committed_offset
-            await self._send(ingest_pb2.AppendResponse(ack=slot.ack))
+            store = slot.store
+            if store is not None:
+                if not store.done():
+                    await self._idle(store)
+                failed = self._outcome(store, slot)
+                if failed is not None:
+                    return failed
+            response = slot.response
+            self.committed_offset = response.ack.committed_offset
+            await self._send(response)
             self._unanswered -= 1
             self._room.set()
+
+    async def _idle(self, store: asyncio.Future[BatchOutcome] | None) -> None:
+        """Wait for the next slot (store None) or for `store` to be done, sending heartbeats
+        while nothing else is sent; raise _Interrupted if the door stops the call first. The
+        reader, the store's done callback, a stop and the heartbeat timer wake it."""
+        loop = asyncio.get_running_loop()
+        interval = self._settings.heartbeat_interval
+        while not (store.done() if store is not None else self._slots):
+            if self._stopped.done():
+                break
+            if loop.time() >= self._last_sent + interval:
+                await self._send(HEARTBEAT)
+                continue
+            self._waiter = waiter = loop.create_future()
+            self._awaited = store
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+        if self._stopped.done():
+            raise _Interrupted
+
+    def _wake(self, _: object = None) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _on_beat(self) -> None:
+        """The heartbeat timer: wakes the answer loop when nothing was sent for an interval.
+        One timer per call, moved only when it fires (not once per answer)."""
+        loop = asyncio.get_running_loop()
+        due = self._last_sent + self._settings.heartbeat_interval
+        if loop.time() >= due:
+            self._wake()
+            due = loop.time() + self._settings.heartbeat_interval
+        self._beat = loop.call_at(due, self._on_beat)
+
+    def _queue(self, slot: _Ack | _End) -> None:
+        self._slots.append(slot)
+        if self._awaited is None:  # not while the loop waits for a commit: nothing to do yet
+            self._wake()
 
     async def _committed(
         self,
@@ -246,15 +330,31 @@ class Session:
         if store is None:
             return None
         try:
-            outcome = await self._until(store, heartbeat=heartbeat)
-            if slot is not None and slot.prepared is not None:
-                # Rows the database refused were dead-lettered in the same transaction and
-                # their offsets consumed: answered like any invalid record, in index order.
-                answer_failures(slot.prepared, outcome)
-                rejections = [*slot.prepared.rejections, *slot.empty]
-                slot.ack.rejections.extend(rules.by_index(rejections))
+            await self._until(store, heartbeat=heartbeat)
         except _Interrupted:
             raise
+        except Exception:
+            pass  # the store's failure: _outcome tells it
+        return self._outcome(store, slot)
+
+    def _outcome(
+        self, store: asyncio.Future[BatchOutcome], slot: _Ack | None
+    ) -> status_pb2.Status | None:
+        """`store` is done: complete `slot`'s rejections from its outcome; the status to end
+        the call with if it failed."""
+        try:
+            outcome = store.result()
+            prepared = slot.prepared if slot is not None else None
+            if prepared is not None:
+                assert slot is not None
+                # Rows the database refused were dead-lettered in the same transaction and
+                # their offsets consumed: answered like any invalid record, in index order.
+                if outcome.failed and slot.group is not None:
+                    outcome = slot.group.failed(slot.member, outcome)
+                answer_failures(prepared, outcome)
+                if prepared.rejections or slot.empty:
+                    rejections = [*prepared.rejections, *slot.empty]
+                    slot.response.ack.rejections.extend(rules.by_index(rejections))
         except StoreUnavailable as exc:
             return errors.unavailable(str(exc), exc.retry_after)
         except StreamConflict as exc:
@@ -292,6 +392,8 @@ class Session:
 
     def _close(self) -> None:
         self.door.release(self)
+        if self._beat is not None:
+            self._beat.cancel()
         if self._reader is not None:
             self._reader.cancel()
         # Batches already queued in the writer commit all the same; unanswered, the client
@@ -308,18 +410,18 @@ class Session:
                 if message is None:
                     break
                 if message is grpc.aio.EOF:
-                    self._slots.put_nowait(_End())
+                    self._queue(_End())
                     return
                 end = await self._on_message(message)
                 if end is not None:
-                    self._slots.put_nowait(end)
+                    self._queue(end)
                     return
-            self._slots.put_nowait(_End(drain=True))
+            self._queue(_End(drain=True))
         except asyncio.CancelledError:
             raise
         except Exception:
             problem = errors.unexpected(log, f"reading Append stream {self.stream_id!r}")
-            self._slots.put_nowait(_End(problem))
+            self._queue(_End(problem))
 
     async def _has_room(self) -> bool:
         """Wait while the window is full: not reading lets HTTP/2 flow control slow the client."""
@@ -329,15 +431,18 @@ class Session:
         return not self._draining
 
     async def _next_message(self) -> Any:
-        """The next client message, EOF, or None when drain abandoned the read."""
-        self._read = asyncio.ensure_future(self.context.read())
+        """The next client message, EOF, or None when drain abandoned the read (it cancels this
+        task while it waits here: no task of its own per read)."""
+        self._reading = True
         try:
-            return await self._read
+            return await self.context.read()
         except asyncio.CancelledError:
             task = asyncio.current_task()
-            if self._draining and task is not None and not task.cancelling():
+            if self._abandon_read and task is not None and task.uncancel() == 0:
                 return None
             raise
+        finally:
+            self._reading = False
 
     async def _on_message(self, message: ingest_pb2.AppendRequest | Malformed) -> _End | None:
         if isinstance(message, Malformed):
@@ -358,14 +463,20 @@ class Session:
         outcome = rules.placement(offset, count, expected)
         if outcome is None:
             return _End(rules.straddles(offset, count, expected))
-        ack = ingest_pb2.BatchAck(
-            offset=offset, record_count=count, outcome=outcome, committed_offset=expected
-        )
-        slot = _Ack(ack)
+        response = ingest_pb2.AppendResponse()
+        ack = response.ack  # set in place: no copy of the ack into its response
+        ack.offset, ack.record_count, ack.outcome = offset, count, outcome
+        ack.committed_offset = expected
+        slot = _Ack(response)
         if outcome == rules.APPENDED:
             advance = StreamAdvance(self.stream_id, self.epoch, offset, offset + count)
             try:
-                prepared, empty = await self._prepare(batch.records, advance)
+                if count <= STEP:  # the usual case: no coroutine, no yield
+                    prepared, empty = self.door.pipeline.prepare_append(
+                        batch.records, self.tenant, rules.DOOR, advance
+                    )
+                else:
+                    prepared, empty = await self._prepare(batch.records, advance)
             except _Interrupted:
                 return None  # the call is over (fenced or stopped): nothing more is answered
             except Exception:
@@ -376,9 +487,10 @@ class Session:
                 what = f"preparing the batch at offset {offset} of stream {self.stream_id!r}"
                 return _End(errors.unexpected(log, what))
             ack.committed_offset = self.next_offset = advance.to_offset
-            slot = _Ack(ack, self._store(prepared.batch), prepared, empty)
+            group, member = self._submit(prepared.batch)
+            slot = _Ack(response, group.submission.future, prepared, empty, group, member)
         self._unanswered += 1
-        self._slots.put_nowait(slot)
+        self._queue(slot)
         return None
 
     async def _prepare(
@@ -386,9 +498,6 @@ class Session:
     ) -> tuple[Prepared, list[ingest_pb2.RecordRejection]]:
         """The pipeline's `prepare_append` of a batch (the seam), STEP records at a time."""
         pipeline, count = self.door.pipeline, len(records)
-        if count <= STEP:
-            prepared, empty = pipeline.prepare_append(records, self.tenant, rules.DOOR, advance)
-            return prepared, empty
         parts, empty = [], []
         for start in range(0, count, STEP):
             if start:
@@ -417,17 +526,36 @@ class Session:
         dead = rules.malformed_dead_letter(
             bad, self.tenant, self.stream_id, self.door.pipeline.clock()
         )
-        return _End(errors.malformed(bad.message_name, bad.problem), store=self._store(dead))
+        return _End(
+            errors.malformed(bad.message_name, bad.problem), store=self._enqueue(dead).future
+        )
 
-    def _store(self, batch: WriteBatch) -> asyncio.Future[BatchOutcome]:
-        # Tasks start in creation order, so submit() is called in request order; the writer
-        # admits and commits in that order, which keeps a stream's offset checks in sequence.
-        store = asyncio.ensure_future(self.door.writer.submit(batch))
+    def _submit(self, batch: WriteBatch) -> tuple[_Group, int]:
+        """Hand an appended batch to the writer: joined to this call's last submission while
+        the writer has not taken it into a flush (no waiting: the writer takes it as soon as
+        the running flush ends), else as a new one. Its group, and its place in the group."""
+        group = self._group
+        if group is not None:
+            start = group.submission.batch.starts()
+            if self.door.writer.join(group.submission, batch):
+                group.starts.append(start)
+                return group, len(group.starts) - 1
+        self._group = group = _Group(self._enqueue(batch))
+        return group, 0
+
+    def _enqueue(self, batch: WriteBatch) -> Submission:
+        # Enqueued in request order; the writer admits and commits in that order, which keeps
+        # a stream's offset checks in sequence.
+        self._group = None
+        submission = self.door.writer.enqueue(batch)
+        store = submission.future
         self._stores.add(store)
         store.add_done_callback(self._stored)
-        return store
+        return submission
 
     def _stored(self, store: asyncio.Future[BatchOutcome]) -> None:
         self._stores.discard(store)
         if not store.cancelled():
             store.exception()  # retrieved: the answer loop reports it, or the call is over
+        if self._awaited is store:
+            self._wake()

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
-from turnstream.core.batch import KINDS, BatchOutcome, WriteBatch
+from turnstream.core.batch import KINDS, BatchOutcome, Submission, WriteBatch
 from turnstream.store import flush
 from turnstream.store.engine import dialect_for
 from turnstream.store.faults import StoreGone as StoreGone
@@ -56,11 +56,7 @@ class StreamState:
     committed_offset: int
 
 
-@dataclass(slots=True)
-class _Pending:
-    batch: WriteBatch
-    future: asyncio.Future[BatchOutcome]
-    size: int
+_Pending = Submission
 
 
 @dataclass(slots=True)
@@ -78,6 +74,8 @@ class WriterStats:
     batches: int = 0
     rows: int = 0
     failures: int = 0
+    submissions: int = 0  # batches handed over by enqueue()/submit(), each its own
+    joined: int = 0  # batches join() added to a submission still waiting (no future of theirs)
     refused_rows: int = 0  # rows the database refused, dead-lettered (poison)
     abandoned: int = 0  # calls given up on as hung (their lane replaced)
     last_flush_seconds: float = 0.0
@@ -139,10 +137,47 @@ class Writer:
         """Store a batch; returns after its transaction committed. Batches are committed in
         the order submit() was called, also when callers have to wait for room."""
         self._refuse_now()
-        future: asyncio.Future[BatchOutcome] = asyncio.get_running_loop().create_future()
-        self._waiting.append(_Pending(batch, future, max(1, batch.size())))
+        return await self.enqueue(batch).future
+
+    def enqueue(self, batch: WriteBatch) -> Submission:
+        """submit() without waiting: the batch takes its place in the queue now (FIFO with every
+        other submit and enqueue), and the submission's future resolves after the commit (with
+        StoreUnavailable at once when the writer refuses work: closing, or the database down)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[BatchOutcome] = loop.create_future()
+        submission = Submission(batch, future, max(1, batch.size()))
+        try:
+            self._refuse_now()
+        except StoreUnavailable as exc:
+            submission.taken = True
+            future.set_exception(exc)
+            return submission
+        self.stats.submissions += 1
+        self._waiting.append(submission)
         self._admit()
-        return await future
+        return submission
+
+    def join(self, submission: Submission, batch: WriteBatch) -> bool:
+        """Add `batch`, the next batch of the stream `submission` advances (it starts where the
+        submission ends), to that submission while it still waits: stored in the same flush,
+        answered by the submission's future (`BatchOutcome.part` splits a refused row back).
+        False when the writer already took it into a flush, when it is closing, or when the
+        submission would outgrow a flush: then enqueue `batch` on its own.
+
+        This is how one-record messages coalesce without waiting for anything: a stream's
+        messages join its submission for as long as the running flush keeps it waiting."""
+        if submission.taken or self._closing:
+            return False
+        size = batch.size()
+        if submission.size + size > self.max_flush_rows:
+            return False
+        submission.batch.absorb(batch)
+        submission.size += size
+        submission.joined += 1
+        self.stats.joined += 1
+        if submission.admitted:
+            self.stats.pending_rows += size
+        return True
 
     async def open_stream(self, tenant_id: str, stream_id: str) -> StreamState:
         """Open (or reopen) a stream: bump its epoch, fencing older connections."""
@@ -209,6 +244,7 @@ class Writer:
             if pending and pending + size > self.max_pending_rows:
                 return
             item = self._waiting.popleft()
+            item.admitted = True
             self.stats.pending_rows += size
             self._queue.put_nowait(item)
 
@@ -288,6 +324,8 @@ class Writer:
 
     async def _flush(self, group: list[_Pending]) -> None:
         started = time.perf_counter()
+        for pending in group:  # from here on the lane reads their batches: no more joins
+            pending.taken = True
         self._current = group
         results: list[BatchOutcome | BaseException]
         try:

@@ -47,16 +47,22 @@ def start_server(url: str, workers: int = 1) -> tuple[subprocess.Popen[bytes], s
     return proc, target
 
 
-def start_server_with_http(url: str, workers: int = 1) -> tuple[subprocess.Popen[bytes], str, str]:
-    """The server as a subprocess: (process, gRPC target, HTTP base URL), once healthy."""
+def start_server_with_http(
+    url: str,
+    workers: int = 1,
+    *,
+    command: tuple[str, ...] = ("turnstream.cli", "serve"),
+    env: dict[str, str] | None = None,
+) -> tuple[subprocess.Popen[bytes], str, str]:
+    """The server as a subprocess: (process, gRPC target, HTTP base URL), once healthy.
+    `command`: the module to run with its leading arguments (a bench's instrumented serve)."""
     port, http_port = free_port(), free_port()
     target = f"127.0.0.1:{port}"
     proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
-            "turnstream.cli",
-            "serve",
+            *command,
             "--grpc-addr",
             target,
             "--http-addr",
@@ -69,6 +75,7 @@ def start_server_with_http(url: str, workers: int = 1) -> tuple[subprocess.Popen
             str(workers),
         ],
         cwd=ROOT,
+        env=env,
     )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

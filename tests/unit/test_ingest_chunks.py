@@ -12,7 +12,7 @@ import pytest
 
 from turnstream.core import ingest
 from turnstream.core.batch import BatchOutcome, WriteBatch
-from turnstream.core.pipeline import Pipeline, count_write_items, iter_write_items
+from turnstream.core.pipeline import Pipeline, Prepared, count_write_items, iter_write_items
 from turnstream.core.ports import StoreUnavailable
 from turnstream.core.pricing import PriceTable
 from turnstream.v1 import ingest_pb2
@@ -52,6 +52,17 @@ class GatedSink:
         return outcome
 
 
+def start_write(
+    sink: GatedSink, req: ingest_pb2.WriteRequest
+) -> asyncio.Task[tuple[Prepared, BatchOutcome]]:
+    pipeline = Pipeline(PriceTable.load(), clock=lambda: T0)
+    return asyncio.create_task(
+        ingest.write(
+            sink, pipeline, "default", "test", iter_write_items(req), count_write_items(req)
+        )
+    )
+
+
 async def settle() -> None:
     for _ in range(20):
         await asyncio.sleep(0)
@@ -60,16 +71,7 @@ async def settle() -> None:
 async def test_the_next_chunk_is_submitted_while_the_previous_one_is_stored() -> None:
     sink = GatedSink()
     req = request()
-    write = asyncio.create_task(
-        ingest.write(
-            sink,
-            Pipeline(PriceTable.load(), clock=lambda: T0),
-            "default",
-            "test",
-            iter_write_items(req),
-            count_write_items(req),
-        )
-    )
+    write = start_write(sink, req)
     await settle()
     # Nothing committed yet, and still the pipeline went on to the next chunks: up to AHEAD
     # waiting for their commit, plus the one prepared and submitted behind them.
@@ -87,16 +89,7 @@ async def test_the_next_chunk_is_submitted_while_the_previous_one_is_stored() ->
 async def test_a_chunk_that_fails_fails_the_call_after_every_submitted_one_is_answered() -> None:
     sink = GatedSink(fail_at=1)
     req = request()
-    write = asyncio.create_task(
-        ingest.write(
-            sink,
-            Pipeline(PriceTable.load(), clock=lambda: T0),
-            "default",
-            "test",
-            iter_write_items(req),
-            count_write_items(req),
-        )
-    )
+    write = start_write(sink, req)
     while not write.done():
         await settle()
         if sink.answered < len(sink.gates):

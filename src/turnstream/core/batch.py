@@ -7,7 +7,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from turnstream.core.rows import Row, widen_span
+from turnstream.core.rows import Row, span_rows, widen_span
 
 KINDS = ("execution", "turn", "tool_call", "task")
 
@@ -60,11 +60,10 @@ class WriteBatch:
             len(rows["task"]),
         )
 
-    def absorb(self, other: WriteBatch) -> None:
-        """Add `other` (the next batch of the same stream, starting where this one ends) after
-        this batch's rows: stored in one transaction, advancing the stream over both. A row of
-        `other` lands at `starts()` (taken before) + its position; `BatchOutcome.part` maps a
-        refused row back."""
+    def extend(self, other: WriteBatch) -> None:
+        """Add `other`'s rows, their sources and dead letters after this batch's, and widen
+        the derived executions over both. A row of `other` lands at `starts()` (taken before)
+        + its position."""
         for kind, got in other.rows.items():
             if got:
                 self.rows[kind] += got
@@ -73,14 +72,15 @@ class WriteBatch:
             self.rejected += other.rejected
         if other.derived_executions:
             spans: dict[str, list[Any]] = {}
-            for row in self.derived_executions:
+            for row in (*self.derived_executions, *other.derived_executions):
                 widen_span(spans, row)
-            for row in other.derived_executions:
-                widen_span(spans, row)
-            self.derived_executions = [
-                {"tenant_id": self.tenant_id, "execution_id": e, "started_at": s, "completed_at": c}
-                for e, (s, c) in spans.items()
-            ]
+            self.derived_executions = span_rows(self.tenant_id, spans)
+
+    def absorb(self, other: WriteBatch) -> None:
+        """Add `other`, the next batch of the same stream (starting where this one ends): stored
+        in one transaction, advancing the stream over both; `BatchOutcome.part` maps a refused
+        row of it back."""
+        self.extend(other)
         mine, theirs = self.stream, other.stream
         assert mine is not None and theirs is not None and mine.to_offset == theirs.from_offset
         self.stream = StreamAdvance(

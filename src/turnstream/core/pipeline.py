@@ -144,10 +144,7 @@ class Pipeline:
                 rows.widen_span(spans, row)
         self.unpriced_total += prepared.unpriced
         self.rejected_total += len(prepared.rejections)
-        prepared.batch.derived_executions = [
-            {"tenant_id": tenant_id, "execution_id": eid, "started_at": s, "completed_at": c}
-            for eid, (s, c) in spans.items()
-        ]
+        prepared.batch.derived_executions = rows.span_rows(tenant_id, spans)
         return prepared
 
     def _reject(
@@ -233,23 +230,11 @@ def join(parts: Sequence[Prepared], stream: StreamAdvance) -> Prepared:
         return parts[0]
     first = parts[0].batch
     joined = Prepared(WriteBatch(first.tenant_id, stream=stream, door=first.door))
-    batch = joined.batch
-    spans: dict[str, list[dt.datetime | None]] = {}
     for part in parts:
-        for kind, got in part.batch.rows.items():
-            if got:
-                batch.rows[kind] += got
-                batch.sources[kind] += part.batch.sources[kind]
-        batch.rejected += part.batch.rejected
-        for row in part.batch.derived_executions:
-            rows.widen_span(spans, row)
+        joined.batch.extend(part.batch)
         joined.rejections += part.rejections
         joined.accepted += part.accepted
         joined.unpriced += part.unpriced
-    batch.derived_executions = [
-        {"tenant_id": first.tenant_id, "execution_id": eid, "started_at": s, "completed_at": c}
-        for eid, (s, c) in spans.items()
-    ]
     return joined
 
 

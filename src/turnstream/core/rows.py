@@ -85,3 +85,11 @@ def widen_span(spans: dict[str, list[dt.datetime | None]], row: Row) -> None:
         span[0] = started
     if completed is not None and (span[1] is None or completed > span[1]):
         span[1] = completed
+
+
+def span_rows(tenant_id: str, spans: dict[str, list[dt.datetime | None]]) -> list[Row]:
+    """The derived execution rows of `spans` (widen_span's), one per execution."""
+    return [
+        {"tenant_id": tenant_id, "execution_id": e, "started_at": s, "completed_at": c}
+        for e, (s, c) in spans.items()
+    ]

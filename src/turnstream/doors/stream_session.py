@@ -344,9 +344,8 @@ class Session:
         the call with if it failed."""
         try:
             outcome = store.result()
-            prepared = slot.prepared if slot is not None else None
-            if prepared is not None:
-                assert slot is not None
+            if slot is not None and slot.prepared is not None:
+                prepared = slot.prepared
                 # Rows the database refused were dead-lettered in the same transaction and
                 # their offsets consumed: answered like any invalid record, in index order.
                 if outcome.failed and slot.group is not None:

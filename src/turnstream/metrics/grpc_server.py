@@ -156,12 +156,7 @@ def _streaming(inner: Callable[..., Any], method: _Method, *, client_streams: bo
     if inspect.isasyncgenfunction(inner):
 
         async def generator(request: Any, context: Any) -> AsyncIterator[Any]:
-            method.started.inc()
-            if client_streams:
-                request = _counted(request, method)
-            else:
-                method.received.inc()
-            began = time.perf_counter()
+            request, began = _begin(request, method, client_streams)
             try:
                 async for response in inner(request, context):
                     yield response
@@ -174,12 +169,7 @@ def _streaming(inner: Callable[..., Any], method: _Method, *, client_streams: bo
         return generator
 
     async def coroutine(request: Any, context: Any) -> Any:
-        method.started.inc()
-        if client_streams:
-            request = _counted(request, method)
-        else:
-            method.received.inc()
-        began = time.perf_counter()
+        request, began = _begin(request, method, client_streams)
         counting = _CountingContext(context, method)
         try:
             result = await inner(request, counting)
@@ -192,6 +182,17 @@ def _streaming(inner: Callable[..., Any], method: _Method, *, client_streams: bo
         return result
 
     return coroutine
+
+
+def _begin(request: Any, method: _Method, client_streams: bool) -> tuple[Any, float]:
+    """A call starts: counted, its request stream wrapped to count messages (or its one
+    request counted), and its start time."""
+    method.started.inc()
+    if client_streams:
+        request = _counted(request, method)
+    else:
+        method.received.inc()
+    return request, time.perf_counter()
 
 
 _TYPES = {

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 
 from turnstream.core.batch import KINDS, BatchOutcome, StreamAdvance, WriteBatch
-from turnstream.core.rows import Row, widen_span
+from turnstream.core.rows import Row, span_rows, widen_span
 from turnstream.store import dialects
 from turnstream.store.dialects import Key
 from turnstream.store.faults import StreamConflict
@@ -177,10 +177,7 @@ def derive(batch: WriteBatch, bad: set[tuple[str, int]]) -> list[Row]:
             if (kind, position) in bad:
                 continue
             widen_span(spans, row)
-    return [
-        {"tenant_id": batch.tenant_id, "execution_id": e, "started_at": s, "completed_at": c}
-        for e, (s, c) in spans.items()
-    ]
+    return span_rows(batch.tenant_id, spans)
 
 
 def merge_derived(rows: list[Row]) -> list[Row]:

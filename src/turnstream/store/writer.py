@@ -56,9 +56,6 @@ class StreamState:
     committed_offset: int
 
 
-_Pending = Submission
-
-
 @dataclass(slots=True)
 class _Call:
     fn: Callable[[Any], Any]
@@ -101,14 +98,14 @@ class Writer:
         self.retry_after = retry_after
         self.stats = WriterStats()
         self.health = StoreHealth(lambda: self._on_lane(Lane.probe), retry_after)
-        self._queue: asyncio.Queue[_Pending | _Call | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[Submission | _Call | None] = asyncio.Queue()
         # Batches waiting for room, in arrival order: admission must be FIFO, or a small later
         # batch of a stream could overtake a large earlier one and fail its offset check.
-        self._waiting: collections.deque[_Pending] = collections.deque()
+        self._waiting: collections.deque[Submission] = collections.deque()
         self._sqlite_file = SqliteFile.for_url(engine.url)
         self._lanes = 0
         self._lane: Lane | None = None
-        self._current: list[_Pending] | list[_Call] = []  # what the running flush or call holds
+        self._current: list[Submission] | list[_Call] = []  # what the running flush or call holds
         self._suspects = flush.Suspects()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -302,7 +299,7 @@ class Writer:
         # Drain: whatever was queued before close() still gets committed and answered.
         while not self._queue.empty():
             item = self._queue.get_nowait()
-            if isinstance(item, _Pending):
+            if isinstance(item, Submission):
                 await self._flush([item])
             elif isinstance(item, _Call):
                 await self._run_call(item)
@@ -322,7 +319,7 @@ class Writer:
             _resolve(item.future, result=result)
         self._current = []
 
-    async def _flush(self, group: list[_Pending]) -> None:
+    async def _flush(self, group: list[Submission]) -> None:
         started = time.perf_counter()
         for pending in group:  # from here on the lane reads their batches: no more joins
             pending.taken = True

@@ -6,8 +6,11 @@ not declare it can reconnect is never turned away, however lopsided its streams 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import os
+import struct
+import subprocess
 from pathlib import Path
 
 import grpc
@@ -17,7 +20,9 @@ from tests.dbutil import rows
 from tests.integration.test_append import batch, next_ack, open_stream, turns
 from tests.integration.test_cli import free_port, wait_healthy
 from tests.ops.test_metrics import Samples, scrape, value, workers
+from tests.pgserver import _children
 from turnstream.client.stream import StreamWriter
+from turnstream.doors import balance
 from turnstream.v1 import ingest_pb2_grpc
 
 STREAMS = 8
@@ -33,13 +38,31 @@ def per_process(samples: Samples) -> dict[str, float]:
     }
 
 
-async def both_serving(http_port: int) -> None:
-    """Until both processes published their gauges (the second starts after the first)."""
+async def both_serving(http_port: int, proc: subprocess.Popen[bytes]) -> None:
+    """Until both processes published their gauges (the second starts after the first) and
+    both take part in the balancing: each writes its pid into its slot of the shared counts
+    (doors/balance.py) only once it serves, which is after its metrics appear. Streams opened
+    before that would be taken by the first process unchecked, as designed for start-up."""
     for _ in range(100):
-        if len(per_process(await scrape(http_port))) == 2:
+        if len(per_process(await scrape(http_port))) == 2 and balancing(proc) == 2:
             return
         await asyncio.sleep(0.2)
-    raise AssertionError("the second process never published its metrics")
+    raise AssertionError("the second process never published its metrics and its slot")
+
+
+def balancing(proc: subprocess.Popen[bytes]) -> int:
+    """How many slots of the shared counts file carry a serving pid (the file is named in the
+    worker's environment, balance.ENV = "INDEX:PATH")."""
+    for pid in _children(proc.pid):
+        with contextlib.suppress(OSError):
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            for entry in environ:
+                name, _, value = entry.decode(errors="replace").partition("=")
+                if name == balance.ENV:
+                    data = Path(value.partition(":")[2]).read_bytes()
+                    slots = struct.iter_unpack("<ii", data)
+                    return sum(1 for serving_pid, _ in slots if serving_pid > 0)
+    return 0
 
 
 async def settled_split(http_port: int) -> dict[str, float]:
@@ -71,7 +94,7 @@ async def test_sdk_streams_end_within_one_of_even(database_url: str, tmp_path: P
     args, env, grpc_port, http_port = two_workers(database_url, tmp_path)
     with workers(args, tmp_path / "serve.log", env) as proc:
         await asyncio.to_thread(wait_healthy, http_port, proc)
-        await both_serving(http_port)
+        await both_serving(http_port, proc)
         target = f"127.0.0.1:{grpc_port}"
         writers = [
             StreamWriter(target, f"s{i}", execution_id=f"e{i}", linger=0.01) for i in range(STREAMS)
@@ -106,7 +129,7 @@ async def test_a_client_without_the_header_is_never_turned_away(
     args, env, grpc_port, http_port = two_workers(postgresql_url, tmp_path)
     with workers(args, tmp_path / "serve.log", env) as proc:
         await asyncio.to_thread(wait_healthy, http_port, proc)
-        await both_serving(http_port)
+        await both_serving(http_port, proc)
         # One channel: every stream on one connection, so on one process (8 / 0).
         async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
             stub = ingest_pb2_grpc.IngestServiceStub(channel)
